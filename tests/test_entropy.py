@@ -1,0 +1,134 @@
+"""Token statistics: chunked float32 path against an unchunked float64 reference."""
+
+import math
+
+import pytest
+import torch
+
+from workbench.entropy import token_stats, token_stats_from_model
+
+
+def reference(logits, tokens, temperature=1.0):
+    z = logits.double() / temperature
+    logp_all = torch.log_softmax(z, -1)
+    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, ent
+
+
+def data(B=3, T=7, V=50, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, T, V, generator=g) * 3).to(dtype)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    return logits, tokens
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 5, 21, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_float64_reference(chunk_size, temperature):
+    logits, tokens = data()
+    logp, ent = token_stats(logits, tokens, temperature=temperature, chunk_size=chunk_size)
+    ref_logp, ref_ent = reference(logits, tokens, temperature)
+    assert logp.dtype == ent.dtype == torch.float32
+    torch.testing.assert_close(logp.double(), ref_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 8, 100])
+def test_bf16_logits_computed_in_float32(chunk_size):
+    logits, tokens = data(dtype=torch.bfloat16)
+    logp, ent = token_stats(logits, tokens, chunk_size=chunk_size)
+    ref_logp, ref_ent = reference(logits, tokens)  # reference on the same bf16 values, in float64
+    assert logp.dtype == torch.float32
+    torch.testing.assert_close(logp.double(), ref_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=0)
+
+
+def test_mask_zeroes_and_ignores_padding_ids():
+    logits, tokens = data()
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[0, 4:] = False
+    tokens = tokens.clone()
+    tokens[0, 4:] = -100  # padding ids out of range are fine where masked
+    logp, ent = token_stats(logits, tokens, mask)
+    assert bool((logp[0, 4:] == 0).all()) and bool((ent[0, 4:] == 0).all())
+    ref_logp, ref_ent = reference(logits[1:], tokens[1:])
+    torch.testing.assert_close(logp[1:].double(), ref_logp, atol=1e-5, rtol=0)
+
+
+def test_entropy_bounds_and_known_values():
+    V = 8
+    logits = torch.zeros(1, 2, V)
+    logits[0, 1, 3] = 1e4  # near one-hot
+    logp, ent = token_stats(logits, torch.tensor([[0, 3]]))
+    assert math.isclose(float(ent[0, 0]), math.log(V), abs_tol=1e-6)
+    assert math.isclose(float(logp[0, 0]), -math.log(V), abs_tol=1e-6)
+    assert abs(float(ent[0, 1])) < 1e-6 and abs(float(logp[0, 1])) < 1e-6
+
+
+def test_minus_inf_logits_for_unused_vocab_are_fine():
+    logits = torch.tensor([[[0.0, 0.0, float("-inf"), float("-inf")]]])
+    logp, ent = token_stats(logits, torch.tensor([[1]]))
+    assert math.isclose(float(ent), math.log(2), abs_tol=1e-6)
+    assert math.isclose(float(logp), -math.log(2), abs_tol=1e-6)
+
+
+def test_gradients_flow_to_logprobs_not_entropy():
+    logits, tokens = data()
+    logits.requires_grad_()
+    logp, ent = token_stats(logits, tokens, chunk_size=4)
+    assert logp.requires_grad and not ent.requires_grad
+    logp.sum().backward()
+    ref = logits.detach().clone().requires_grad_()
+    torch.log_softmax(ref, -1).gather(-1, tokens[..., None]).sum().backward()
+    torch.testing.assert_close(logits.grad, ref.grad, atol=1e-6, rtol=0)
+
+
+def test_entropy_grad_when_asked():
+    logits, tokens = data()
+    logits.requires_grad_()
+    _, ent = token_stats(logits, tokens, chunk_size=3, entropy_grad=True)
+    ent.sum().backward()
+    ref = logits.detach().clone().requires_grad_()
+    lp = torch.log_softmax(ref, -1)
+    (-(lp.exp() * lp).sum(-1)).sum().backward()
+    torch.testing.assert_close(logits.grad, ref.grad, atol=1e-5, rtol=0)
+
+
+def test_errors():
+    logits, tokens = data()
+    with pytest.raises(ValueError, match=r"logits must have shape \[B, T, V\]"):
+        token_stats(logits[0], tokens)
+    with pytest.raises(ValueError, match="tokens has shape"):
+        token_stats(logits, tokens[:, :-1])
+    with pytest.raises(ValueError, match="outside"):
+        token_stats(logits, tokens + 100)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_stats(logits, tokens, temperature=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        token_stats(logits, tokens, chunk_size=0)
+    bad = logits.clone()
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        token_stats(bad, tokens)
+    with pytest.raises(TypeError, match="tokens must be an integer tensor"):
+        token_stats(logits, tokens.float())
+
+
+def test_from_model_matches_manual_shift():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(cfg).eval()
+    ids = torch.randint(1, 20, (2, 10))
+    with torch.no_grad():
+        logp, ent = token_stats_from_model(model, ids, response_len=4, temperature=0.8)
+        full = model(input_ids=ids).logits
+    ref_logp, ref_ent = reference(full[:, -5:-1], ids[:, -4:], temperature=0.8)
+    assert logp.shape == (2, 4)
+    torch.testing.assert_close(logp.double(), ref_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="response_len"):
+        token_stats_from_model(model, ids, response_len=10)

@@ -1,0 +1,37 @@
+"""gtpo-workbench: GRPO, DAPO, GTPO and GRPO-S (arXiv 2508.04349) for study and training.
+
+The algorithm functions live in :mod:`workbench.advantages`, :mod:`workbench.losses`,
+:mod:`workbench.entropy` and :mod:`workbench.rewards`; :data:`ALGORITHMS` maps a name to an
+advantage function and its loss defaults.
+"""
+
+from . import advantages, entropy, losses, rewards
+from .advantages import dapo, grpo, grpo_s, gtpo, shaped_rewards_gtpo, shaped_rewards_grpo_s
+from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register_algorithm
+from .entropy import token_stats, token_stats_from_model
+from .losses import policy_loss
+from .rewards import grop_penalty, overlong_penalty
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "advantages",
+    "dapo",
+    "entropy",
+    "get_algorithm",
+    "grop_penalty",
+    "grpo",
+    "grpo_s",
+    "gtpo",
+    "losses",
+    "overlong_penalty",
+    "policy_loss",
+    "register_algorithm",
+    "rewards",
+    "shaped_rewards_gtpo",
+    "shaped_rewards_grpo_s",
+    "token_stats",
+    "token_stats_from_model",
+]

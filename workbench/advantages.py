@@ -1,0 +1,334 @@
+"""Rewards to advantages: GRPO, DAPO, GTPO and GRPO-S (arXiv 2508.04349).
+
+All functions take a batch of groups and never mix groups:
+
+- ``rewards``   ``[..., n]``      outcome reward of each of the ``n`` responses of a group;
+- ``entropies`` ``[..., n, T]``   behaviour-policy entropy of each response token (nats),
+  used as a weight only (detached);
+- ``mask``      ``[..., n, T]``   bool or 0/1, true where response ``i`` has a token at ``t``.
+
+They return advantages ``[..., n, T]`` in float32, exactly 0 at masked positions. Shaped
+rewards and their statistics are computed in float64 (see the spec's note on precision).
+
+Decisions where the spec is silent (also in README):
+
+- A group of one response, an empty group or a response with no valid token is an error:
+  a group statistic needs at least two samples, and every sampled response has at least
+  one token (its end-of-sequence token).
+- GTPO and GRPO-S base rewards for failed responses are ``alpha1 * (r_j - 1)`` (resp.
+  ``beta1 * (r_j - 1)``). With the binary task rewards (``r_j = 0``) this is exactly the
+  spec's ``-alpha1``; with extra reward terms (overlong or GROP penalties) it lets them act
+  on failed responses too instead of being silently dropped.
+- ``zero_variance="skip"`` skips groups whose rewards are all equal (the same test as
+  GRPO's zero advantage and DAPO's dynamic sampling).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+
+EPS = 1e-6
+INV_ENTROPY_EPS = 1e-8
+NORMALIZE = ("joint", "per_polarity")
+ZERO_VARIANCE = ("skip", "shape")
+SCALES = ("group", "batch", "none")
+
+__all__ = [
+    "grpo",
+    "dapo",
+    "gtpo",
+    "grpo_s",
+    "shaped_rewards_gtpo",
+    "shaped_rewards_grpo_s",
+    "sequence_entropy",
+]
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _inputs(rewards, mask, entropies=None):
+    """Validate and flatten to ``[G, n]`` rewards and ``[G, n, T]`` mask/entropies.
+
+    Returns float64 rewards, bool mask, float64 entropies (0 at masked positions) or None,
+    and the leading batch shape.
+    """
+    rewards = _checks.tensor("rewards", rewards, min_dim=1)
+    if rewards.dtype == torch.bool or rewards.is_complex():
+        raise TypeError(f"rewards must be a real tensor, got dtype {rewards.dtype}")
+    mask = _checks.tensor("mask", mask, min_dim=2)
+    if mask.dim() != rewards.dim() + 1 or tuple(mask.shape[:-1]) != tuple(rewards.shape):
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, expected rewards.shape + (T,) = "
+            f"{tuple(rewards.shape)} + (T,)"
+        )
+    mask = _checks.mask("mask", mask, mask.shape)
+    n = rewards.shape[-1]
+    if n == 0:
+        raise ValueError("rewards has an empty group (n = 0 responses)")
+    if n == 1:
+        raise ValueError("rewards has groups of one response (n = 1): a group needs at least 2")
+    _checks.finite("rewards", rewards)
+    _checks.no_empty_rows("mask", mask)
+    batch_shape = tuple(rewards.shape[:-1])
+    r = rewards.reshape(-1, n).double()
+    m = mask.reshape(-1, n, mask.shape[-1])
+    h = None
+    if entropies is not None:
+        entropies = _checks.tensor("entropies", entropies)
+        if tuple(entropies.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"entropies has shape {tuple(entropies.shape)}, but mask has shape {tuple(mask.shape)}"
+            )
+        if not entropies.is_floating_point():
+            raise TypeError(f"entropies must be a floating tensor, got dtype {entropies.dtype}")
+        ent = entropies.detach().reshape(m.shape)
+        _checks.finite("entropies", ent, where=m)
+        if bool(((ent < 0) & m).any()):
+            raise ValueError("entropies must be >= 0 at valid positions (they are entropies in nats)")
+        h = torch.where(m, ent.double(), torch.zeros((), dtype=torch.float64, device=ent.device))
+    return r, m, h, batch_shape
+
+
+def _coefficients(**named):
+    for name, value in named.items():
+        _checks.number(name, value)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def _zscore(values: torch.Tensor, sets: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` where mean and unbiased std run over ``sets``.
+
+    ``values`` and ``sets`` are ``[G, ...]``; the statistics are per group (dim 0 kept),
+    over all elements of the group where ``sets`` is true. A set of one element has std 0;
+    where std is 0 the result is ``x - mean``. Positions outside ``sets`` get 0.
+    """
+    dims = tuple(range(1, values.dim()))
+    w = sets.to(values.dtype)
+    count = w.sum(dims, keepdim=True)
+    safe = count.clamp(min=1)
+    mean = (values * w).sum(dims, keepdim=True) / safe
+    var = (((values - mean) ** 2) * w).sum(dims, keepdim=True) / (count - 1).clamp(min=1)
+    std = var.sqrt()
+    centred = values - mean
+    z = torch.where(std > 0, centred / (std + eps), centred)
+    return torch.where(sets, z, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def _normalize(shaped: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor, how: str, eps: float):
+    """Turn shaped rewards into advantages (the spec's "Advantage normalisation")."""
+    if how == "joint":
+        return _zscore(shaped, valid, eps)
+    pos_sets = valid & positive
+    neg_sets = valid & ~positive
+    return _zscore(shaped, pos_sets, eps) + _zscore(shaped, neg_sets, eps)
+
+
+def _zero_variance_groups(r: torch.Tensor) -> torch.Tensor:
+    """``[G]`` bool: groups whose rewards are all equal (no correctness signal)."""
+    return (r.max(-1).values - r.min(-1).values) == 0
+
+
+def _entropy_weights(values: torch.Tensor, members: torch.Tensor, dim: int) -> torch.Tensor:
+    """``values / sum(values over members)`` along ``dim``; uniform ``1/count`` if the sum is 0.
+
+    Returns 0 outside ``members``.
+    """
+    v = torch.where(members, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    total = v.sum(dim, keepdim=True)
+    count = members.to(values.dtype).sum(dim, keepdim=True)
+    uniform = members.to(values.dtype) / count.clamp(min=1)
+    return torch.where(total > 0, v / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+
+
+def _finish(adv: torch.Tensor, m: torch.Tensor, batch_shape) -> torch.Tensor:
+    adv = torch.where(m, adv, torch.zeros((), dtype=adv.dtype, device=adv.device))
+    return adv.to(torch.float32).reshape(*batch_shape, *m.shape[1:])
+
+
+# ---------------------------------------------------------------------------- GRPO / DAPO
+
+
+def grpo(rewards, mask, *, scale: str = "group", eps: float = EPS) -> torch.Tensor:
+    """GRPO: ``A[i,t] = (r_i - mean_k r_k) / (std_k r_k + eps)`` for every valid token.
+
+    ``std`` is the unbiased sample std (as ``torch.std``, like TRL and verl).
+    ``scale``: ``"group"`` (default) divides by the group std, ``"batch"`` by the std of all
+    rewards in the batch, ``"none"`` does not divide (Dr. GRPO).
+    """
+    _checks.choice("scale", scale, SCALES)
+    _checks.positive("eps", eps, allow_zero=True)
+    r, m, _, batch_shape = _inputs(rewards, mask)
+    centred = r - r.mean(-1, keepdim=True)
+    if scale == "group":
+        adv = centred / (r.std(-1, keepdim=True) + eps)
+    elif scale == "batch":
+        adv = centred / (r.std() + eps) if r.numel() > 1 else centred
+    else:
+        adv = centred
+    return _finish(adv[..., None].expand(m.shape), m, batch_shape)
+
+
+def dapo(rewards, mask, **kw) -> torch.Tensor:
+    """DAPO: the same advantage as GRPO (its differences are in the loss and the sampling)."""
+    return grpo(rewards, mask, **kw)
+
+
+# ---------------------------------------------------------------------------- GTPO
+
+
+def shaped_rewards_gtpo(
+    rewards,
+    entropies,
+    mask,
+    *,
+    alpha1: float = 1.0,
+    alpha2: float = 0.1,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """GTPO token-level entropy-weighted rewards (Eq. 3 and Eq. 5), ``[..., n, T]`` float64.
+
+    Per position ``t``, among the responses still alive at ``t`` (``d_t`` successful,
+    ``h_t`` failed):
+
+    - successful: ``R+[i,t] = alpha1 * r_i + alpha2 * (H[i,t] / sum_{k in O+} H[k,t]) * d_t``
+    - failed (inverse entropy): ``R-[j,t] = alpha1 * (r_j - 1)
+      - alpha2 * ((1/H[j,t]) / sum_{k in O-} (1/H[k,t])) * h_t``
+
+    ``1/H`` is ``1/(H + 1e-8)``; if all alive successful entropies at ``t`` are 0 the weight
+    is uniform. 0 at masked positions.
+    """
+    _coefficients(alpha1=alpha1, alpha2=alpha2)
+    _checks.number("threshold", threshold)
+    r, m, h, batch_shape = _inputs(rewards, mask, entropies)
+    return _gtpo_shaped(r, m, h, alpha1, alpha2, threshold).reshape(*batch_shape, *m.shape[1:])
+
+
+def _gtpo_shaped(r, m, h, alpha1, alpha2, threshold):
+    positive = (r > threshold)[..., None]  # [G, n, 1]
+    pos_alive = m & positive
+    neg_alive = m & ~positive
+    d = pos_alive.to(h.dtype).sum(1, keepdim=True)  # [G, 1, T]
+    k = neg_alive.to(h.dtype).sum(1, keepdim=True)
+    w_pos = _entropy_weights(h, pos_alive, dim=1)
+    w_neg = _entropy_weights(1.0 / (h + INV_ENTROPY_EPS), neg_alive, dim=1)
+    base = alpha1 * torch.where(positive, r[..., None], r[..., None] - 1.0)
+    bonus = torch.where(positive, alpha2 * w_pos * d, -alpha2 * w_neg * k)
+    shaped = base + bonus
+    return torch.where(m, shaped, torch.zeros((), dtype=shaped.dtype, device=shaped.device))
+
+
+def gtpo(
+    rewards,
+    entropies,
+    mask,
+    *,
+    alpha1: float = 1.0,
+    alpha2: float = 0.1,
+    threshold: float = 0.5,
+    normalize: str = "joint",
+    zero_variance: str = "skip",
+    eps: float = EPS,
+) -> torch.Tensor:
+    """GTPO token-specific advantages (Eq. 6) from the shaped rewards of :func:`shaped_rewards_gtpo`.
+
+    ``normalize="joint"`` (default): mean and std over all valid tokens of the group.
+    ``normalize="per_polarity"``: over the valid tokens of ``O+`` for ``O+`` and of ``O-``
+    for ``O-``. Groups whose rewards are all equal get 0 with ``zero_variance="skip"``
+    (default); ``"shape"`` shapes them anyway (study only).
+    """
+    _checks.choice("normalize", normalize, NORMALIZE)
+    _checks.choice("zero_variance", zero_variance, ZERO_VARIANCE)
+    _checks.positive("eps", eps, allow_zero=True)
+    _coefficients(alpha1=alpha1, alpha2=alpha2)
+    _checks.number("threshold", threshold)
+    r, m, h, batch_shape = _inputs(rewards, mask, entropies)
+    shaped = _gtpo_shaped(r, m, h, alpha1, alpha2, threshold)
+    positive = (r > threshold)[..., None].expand(m.shape)
+    adv = _normalize(shaped, m, positive, normalize, eps)
+    if zero_variance == "skip":
+        adv = torch.where(_zero_variance_groups(r)[:, None, None], torch.zeros_like(adv), adv)
+    return _finish(adv, m, batch_shape)
+
+
+# ---------------------------------------------------------------------------- GRPO-S
+
+
+def sequence_entropy(entropies, mask) -> torch.Tensor:
+    """Mean token entropy of each response, ``Hbar_i = (1/|o_i|) sum_t H[i,t]``: ``[..., n]``."""
+    entropies = _checks.tensor("entropies", entropies, min_dim=1)
+    m = _checks.mask("mask", mask, entropies.shape)
+    _checks.no_empty_rows("mask", m)
+    _checks.finite("entropies", entropies, where=m)
+    h = torch.where(m, entropies.detach().double(), torch.zeros((), dtype=torch.float64))
+    return (h.sum(-1) / m.sum(-1)).to(torch.float32)
+
+
+def _grpo_s_shaped(r, m, h, beta1, beta2, threshold):
+    hbar = h.sum(-1) / m.sum(-1)  # [G, n]
+    positive = r > threshold
+    w_pos = _entropy_weights(hbar, positive, dim=1)
+    w_neg = _entropy_weights(1.0 / (hbar + INV_ENTROPY_EPS), ~positive, dim=1)
+    n_pos = positive.to(hbar.dtype).sum(1, keepdim=True)
+    n_neg = (~positive).to(hbar.dtype).sum(1, keepdim=True)
+    base = beta1 * torch.where(positive, r, r - 1.0)
+    return base + torch.where(positive, beta2 * w_pos * n_pos, -beta2 * w_neg * n_neg)
+
+
+def shaped_rewards_grpo_s(
+    rewards,
+    entropies,
+    mask,
+    *,
+    beta1: float = 1.0,
+    beta2: float = 0.1,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """GRPO-S sequence-level entropy-weighted rewards, ``[..., n]`` float64.
+
+    With ``Hbar_i`` the mean token entropy of response ``i``:
+    ``R+_i = beta1 * r_i + beta2 * (Hbar_i / sum_{k in O+} Hbar_k) * |O+|`` and
+    ``R-_j = beta1 * (r_j - 1) - beta2 * ((1/Hbar_j) / sum_{k in O-} (1/Hbar_k)) * |O-|``.
+    """
+    _coefficients(beta1=beta1, beta2=beta2)
+    _checks.number("threshold", threshold)
+    r, m, h, batch_shape = _inputs(rewards, mask, entropies)
+    return _grpo_s_shaped(r, m, h, beta1, beta2, threshold).reshape(*batch_shape, r.shape[-1])
+
+
+def grpo_s(
+    rewards,
+    entropies,
+    mask,
+    *,
+    beta1: float = 1.0,
+    beta2: float = 0.1,
+    threshold: float = 0.5,
+    normalize: str = "joint",
+    zero_variance: str = "skip",
+    eps: float = EPS,
+) -> torch.Tensor:
+    """GRPO-S advantages: sequence advantages of the shaped rewards, broadcast to tokens.
+
+    ``normalize="joint"`` (default): z-score over the group's ``n`` shaped rewards;
+    ``"per_polarity"``: over ``O+`` and ``O-`` separately. Constant over each response's
+    valid tokens. ``zero_variance`` as in :func:`gtpo`.
+    """
+    _checks.choice("normalize", normalize, NORMALIZE)
+    _checks.choice("zero_variance", zero_variance, ZERO_VARIANCE)
+    _checks.positive("eps", eps, allow_zero=True)
+    _coefficients(beta1=beta1, beta2=beta2)
+    _checks.number("threshold", threshold)
+    r, m, h, batch_shape = _inputs(rewards, mask, entropies)
+    shaped = _grpo_s_shaped(r, m, h, beta1, beta2, threshold)
+    everyone = torch.ones_like(shaped, dtype=torch.bool)
+    adv = _normalize(shaped, everyone, r > threshold, normalize, eps)
+    if zero_variance == "skip":
+        adv = torch.where(_zero_variance_groups(r)[:, None], torch.zeros_like(adv), adv)
+    return _finish(adv[..., None].expand(m.shape), m, batch_shape)
