@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -21,11 +22,93 @@ def _demo(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .config import TrainConfig
+    from .trainer import resume, train
+
+    overrides = _overrides(args)
+    if args.resume:
+        run = resume(args.resume, **overrides)
+    else:
+        base = TrainConfig.load(args.config).to_dict(resolve=False) if args.config else {}
+        run = train({**base, **overrides}, overwrite=args.overwrite)
+    metrics, evals = run.metrics, run.evals
+    print(f"run directory: {run.path}")
+    if len(evals):
+        print(evals.to_string(index=False))
+    return 0
+
+
+def _warmstart(args) -> int:
+    from .warmstart import warm_start
+
+    kwargs = {k: v for k, v in vars(args).items() if k in ("task", "seed", "target_accuracy", "max_steps", "out")}
+    kwargs["task_params"] = json.loads(args.task_params)
+    if kwargs["out"] is None:
+        del kwargs["out"]
+    print(json.dumps(warm_start(**kwargs), indent=2))
+    return 0
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--field`` option per TrainConfig field (dict fields take JSON)."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        if kind.startswith("dict"):
+            parser.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON")
+        elif kind.startswith("bool"):
+            parser.add_argument(flag, dest=f.name, type=_parse_bool, default=None, metavar="true|false")
+        elif kind.startswith("int"):
+            parser.add_argument(flag, dest=f.name, type=int, default=None)
+        elif kind.startswith("float"):
+            parser.add_argument(flag, dest=f.name, type=float, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=str, default=None)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _overrides(args) -> dict:
+    import dataclasses
+
+    from .config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="GTPO / GRPO-S research workbench")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="print GRPO vs DAPO vs GTPO vs GRPO-S advantages for a toy group")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train with GRPO, DAPO, GTPO, GRPO-S, ... (see TrainConfig)")
+    p.add_argument("--config", help="a JSON file of TrainConfig fields (options below override it)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last intact checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    _add_config_options(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("warmstart", help="supervised warm start of the tiny model (rebuilds the shipped checkpoint)")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--task-params", default="{}", metavar="JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-accuracy", type=float, default=0.2)
+    p.add_argument("--max-steps", type=int, default=3000)
+    p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path)")
+    p.set_defaults(func=_warmstart)
     return parser
 
 

@@ -1,0 +1,40 @@
+"""The character tokenizer: exact round trips, save/load, special tokens."""
+
+from transformers import AutoTokenizer
+
+from workbench.tasks import get_task
+from workbench.tokenizer import build_char_tokenizer
+
+
+def test_round_trips_every_task_text(tmp_path):
+    tok = build_char_tokenizer()
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join('{"question": "What is %d plus 1?", "answer": "%d"}' % (i, i + 1) for i in range(30)))
+    tasks = [get_task("addition"), get_task("addition", digits=7), get_task("chain", steps=20), get_task("jsonl", path=str(path))]
+    for task in tasks:
+        for ex in task.generate("train", 20, 0):
+            text = ex.prompt + ex.solution
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert len(ids) == len(text) and tok.unk_token_id not in ids
+            assert tok.decode(ids) == text
+
+
+def test_save_and_load_give_the_same_tokenizer(tmp_path):
+    tok = build_char_tokenizer()
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "357+486=3c4c8|843\n  spaced  "
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(tok(text)["input_ids"]) == text
+    assert (loaded.pad_token_id, loaded.eos_token_id, loaded.padding_side) == (0, 1, "left")
+
+
+def test_special_tokens_and_unknown_chars():
+    tok = build_char_tokenizer()
+    assert len(tok) < 128
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert tok("é", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    ids = tok("12", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True) == "12"
+    batch = tok(["1", "123"], padding=True, add_special_tokens=False)
+    assert batch["input_ids"][0][:2] == [0, 0] and batch["attention_mask"][0] == [0, 0, 1]

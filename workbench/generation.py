@@ -1,0 +1,68 @@
+"""Sampling responses with ``transformers`` generation, and greedy/sampled accuracy.
+
+Shared by the RL trainer, the warm start and the notebooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Generated", "generate", "accuracy"]
+
+
+@dataclass
+class Generated:
+    """``n`` responses per prompt, flattened to ``B = len(prompts) * n`` rows."""
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, T] right-padded with pad_token_id after the first EOS
+    response_mask: torch.Tensor  # [B, T] bool: tokens up to and including the first EOS
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    texts: list[str]  # decoded responses, special tokens removed
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 16, do_sample: bool = True,
+             temperature: float = 1.0, top_p: float = 1.0, autocast=None) -> Generated:
+    """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch)."""
+    if not prompts:
+        raise ValueError("prompts is empty")
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=do_sample,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
+        out = model.generate(**enc, **kwargs)
+    model.train(was_training)
+    prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
+    response = out[:, prompt_ids.shape[1]:]
+    if response.shape[1] == 0:
+        raise RuntimeError("generation returned no new tokens")
+    is_eos = response == tokenizer.eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    mask = ~after_eos
+    response = torch.where(mask, response, torch.full_like(response, tokenizer.pad_token_id))
+    texts = [tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
+    return Generated(prompt_ids, prompt_mask, response, mask, ~is_eos.any(-1), texts)
+
+
+def accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, do_sample: bool = False,
+             temperature: float = 1.0, batch_size: int = 256) -> float:
+    """Fraction of ``examples`` answered correctly (greedy by default)."""
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        out = generate(model, tokenizer, [e.prompt for e in chunk], max_new_tokens=max_new_tokens,
+                       do_sample=do_sample, temperature=temperature)
+        correct += sum(task.reward(e, t) > 0.5 for e, t in zip(chunk, out.texts))
+    return correct / len(examples)

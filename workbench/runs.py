@@ -1,0 +1,129 @@
+"""The run directory: what a training run leaves, and how to read it back.
+
+::
+
+    run_dir/
+      config.json          resolved TrainConfig
+      metrics.jsonl        one row per RL step (see ``trainer.METRIC_COLUMNS``)
+      eval.jsonl           held-out evaluation rows: step, greedy_accuracy, sampled_accuracy
+      samples.jsonl        per-token records of a few rollout groups (one line per group)
+      checkpoints/step_000050/   model (safetensors), tokenizer, optimizer/scheduler/RNG state
+      checkpoints/latest   name of the newest complete checkpoint
+
+Every file write is atomic (temporary file, fsync, rename) or an fsync'ed append of whole
+lines, so a killed run leaves no half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["Run", "load_run", "atomic_write_text", "append_jsonl", "read_jsonl", "truncate_jsonl"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (from a crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Keep only rows with ``step <= max_step`` (used on resume: no lost or duplicated rows)."""
+    path = Path(path)
+    if path.exists():
+        rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+        atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+
+
+@dataclass
+class Run:
+    """A run directory read back: config, metrics, evaluations and per-token samples."""
+
+    path: Path
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(read_jsonl(self.path / "metrics.jsonl"))
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        return pd.DataFrame(read_jsonl(self.path / "eval.jsonl"))
+
+    @property
+    def samples(self) -> list[dict]:
+        return read_jsonl(self.path / "samples.jsonl")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def checkpoints(self) -> list[Path]:
+        root = self.path / "checkpoints"
+        if not root.exists():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.path / "checkpoints" / "latest"
+        if pointer.exists():
+            candidate = self.path / "checkpoints" / pointer.read_text().strip()
+            if candidate.is_dir():
+                return candidate
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def load_run(path) -> Run:
+    """Open a run directory; a ``FileNotFoundError`` names the path when it is not one."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
+    return Run(path)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

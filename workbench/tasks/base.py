@@ -1,0 +1,88 @@
+"""Task basics: an example, the task interface and the registry."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = ["Example", "Task", "TASKS", "register_task", "get_task", "SEPARATOR"]
+
+#: Separates the worked solution from the final answer in every task's completion.
+SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: the prompt, the gold answer and the worked completion (without EOS)."""
+
+    prompt: str
+    answer: str
+    solution: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def in_eval_split(key: str, eval_fraction: float) -> bool:
+    """Deterministic, seed-independent split: a problem is held out by a hash of its text."""
+    return (stable_hash(key) % 10_000) < eval_fraction * 10_000
+
+
+class Task:
+    """A verifiable task: generate examples, extract and check final answers."""
+
+    name = "task"
+
+    def generate(self, split: str, n: int, seed: int) -> list[Example]:
+        raise NotImplementedError
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The text after the last separator, stripped; ``None`` if there is none."""
+        if SEPARATOR not in completion:
+            return None
+        answer = completion.rsplit(SEPARATOR, 1)[1].strip()
+        return answer or None
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return self.extract_answer(completion) == example.answer
+
+    def reward(self, example: Example, completion: str) -> float:
+        """1.0 for a correct final answer, else 0.0 (never raises on odd model output)."""
+        try:
+            return 1.0 if self.is_correct(example, completion) else 0.0
+        except Exception:
+            return 0.0
+
+    def format_reward(self, completion: str) -> float:
+        """1.0 if the completion has the expected shape (a separator, then an answer)."""
+        return 1.0 if self.extract_answer(completion) is not None else 0.0
+
+    @staticmethod
+    def _check_split(split: str, n: int) -> None:
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str, **params) -> Task:
+    """An instance of the registered task ``name`` with ``params``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**params)
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")

@@ -1,0 +1,50 @@
+"""A chain of ``steps`` arithmetic operations evaluated left to right, modulo 100.
+
+``7+3*2-5=`` → ``7+3=10;10*2=20;20-5=15;|15``. Every value is kept in [0, 100) (results are
+taken modulo 100), so each step is at most 9 characters: ``steps`` is the dial from short
+(4 steps ≈ 30 characters of reasoning) to long (64 steps ≥ 500).
+"""
+
+from __future__ import annotations
+
+import random
+
+from .base import SEPARATOR, Example, Task, check_int, in_eval_split, register_task
+
+OPS = "+-*"
+
+
+def chain_solution(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
+    value, parts = start, []
+    for op, x in ops:
+        new = {"+": value + x, "-": value - x, "*": value * x}[op] % 100
+        parts.append(f"{value}{op}{x}={new};")
+        value = new
+    return "".join(parts) + SEPARATOR + str(value), value
+
+
+@register_task
+class Chain(Task):
+    """Left-to-right chains of ``steps`` operations on operands in [1, max_operand], modulo 100."""
+
+    name = "chain"
+
+    def __init__(self, steps: int = 4, max_operand: int = 9, eval_fraction: float = 0.1):
+        check_int("steps", steps, 1, 1000)
+        check_int("max_operand", max_operand, 1, 99)
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+        self.steps, self.max_operand, self.eval_fraction = steps, max_operand, eval_fraction
+
+    def generate(self, split: str, n: int, seed: int) -> list[Example]:
+        self._check_split(split, n)
+        rng = random.Random(f"chain-{self.steps}-{self.max_operand}-{split}-{seed}")
+        out = []
+        while len(out) < n:
+            start = rng.randint(1, self.max_operand)
+            ops = [(rng.choice(OPS), rng.randint(1, self.max_operand)) for _ in range(self.steps)]
+            prompt = f"{start}" + "".join(f"{op}{x}" for op, x in ops) + "="
+            if in_eval_split(prompt, self.eval_fraction) == (split == "eval"):
+                solution, value = chain_solution(start, ops)
+                out.append(Example(prompt, str(value), solution, {"steps": self.steps}))
+        return out

@@ -1,0 +1,117 @@
+"""A user's own problems: a JSONL file of ``{"question": ..., "answer": ...}`` lines.
+
+The prompt is ``question + "\\n"``; the worked completion is the line's optional
+``"solution"`` field (else nothing) followed by ``|`` and the answer. Answers are checked with
+``math-verify`` (the ecosystem's verifier: ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``), falling
+back to an exact match of the stripped text when either side cannot be parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .base import SEPARATOR, Example, Task, in_eval_split, register_task
+
+MAX_LINE_BYTES = 1 << 20
+
+
+def _verify(gold: str, answer: str) -> bool:
+    from math_verify import parse, verify
+
+    try:
+        g, a = parse(gold, parsing_timeout=None), parse(answer, parsing_timeout=None)
+        if g and a:
+            return bool(verify(g, a, timeout_seconds=None))
+    except Exception:
+        pass
+    return gold.strip() == answer.strip()
+
+
+@register_task
+class JsonlTask(Task):
+    """Problems from ``path``; malformed lines raise with their line number, or are skipped
+    and counted in ``self.skipped`` with ``lenient=True``."""
+
+    name = "jsonl"
+
+    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2):
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+        self.path, self.lenient, self.eval_fraction = Path(path), lenient, eval_fraction
+        self.skipped: list[tuple[int, str]] = []
+        self.examples = self._load()
+        self.splits = {"train": [], "eval": []}
+        for e in self.examples:
+            self.splits["eval" if in_eval_split(e.prompt, eval_fraction) else "train"].append(e)
+        for split, items in self.splits.items():
+            if not items:
+                raise ValueError(f"{self.path}: the {split} split is empty ({len(self.examples)} usable lines); "
+                                 "add lines or change eval_fraction")
+
+    def _load(self) -> list[Example]:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"JSONL task file {str(self.path)!r} does not exist")
+        out = []
+        with open(self.path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    example = self._parse(raw)
+                except ValueError as e:
+                    if not self.lenient:
+                        raise ValueError(f"{self.path}: line {number}: {e}") from None
+                    self.skipped.append((number, str(e)))
+                    continue
+                if example is not None:
+                    out.append(example)
+        return out
+
+    @staticmethod
+    def _parse(raw: bytes) -> Example | None:
+        if len(raw) > MAX_LINE_BYTES:
+            raise ValueError(f"line is too long ({len(raw)} bytes > {MAX_LINE_BYTES})")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not valid UTF-8") from None
+        if not text.strip():
+            return None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        for key in ("question", "answer"):
+            if key not in row:
+                raise ValueError(f"missing field {key!r}")
+        question, answer = row["question"], row["answer"]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise ValueError("fields 'question' and 'answer' must be strings (or a number for the answer)")
+        if not answer.strip():
+            raise ValueError("empty answer")
+        if not question.strip():
+            raise ValueError("empty question")
+        solution = row.get("solution", "")
+        if not isinstance(solution, str):
+            raise ValueError("field 'solution' must be a string")
+        return Example(question + "\n", answer.strip(), solution + SEPARATOR + answer.strip())
+
+    def generate(self, split: str, n: int, seed: int) -> list[Example]:
+        """``n`` examples of the split, shuffled by ``seed`` (cycled when ``n`` exceeds it)."""
+        self._check_split(split, n)
+        pool = self.splits[split]
+        rng = random.Random(f"jsonl-{split}-{seed}")
+        out = []
+        while len(out) < n:
+            order = pool[:]
+            rng.shuffle(order)
+            out.extend(order[: n - len(out)])
+        return out
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        answer = self.extract_answer(completion)
+        return answer is not None and _verify(example.answer, answer)

@@ -1,0 +1,512 @@
+"""The RL trainer: one loop for every algorithm in the registry.
+
+    rollout -> score (old log-probs, entropies) -> rewards -> advantages -> update -> log
+
+Each step samples ``prompts_per_step`` prompts, ``group_size`` responses each, with
+``transformers`` generation (KV cache, temperature sampling, stop at end-of-sequence),
+records the behaviour policy's log-probabilities and entropies in one no-grad forward pass,
+turns rewards into advantages with the chosen algorithm, and runs PPO-style epochs over
+mini-batches. ``accelerate`` places the model (CUDA when present, CPU otherwise) and handles
+mixed precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from . import runs
+from .algorithms import ALGORITHMS
+from .config import DEFAULT_INIT, TrainConfig
+from .entropy import token_stats_from_model
+from .generation import Generated, generate
+from .losses import policy_loss
+from .models import build_tiny_model, load_model
+from .rewards import grop_penalty, overlong_penalty
+from .tasks import get_task
+
+__all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = (
+    "step", "reward", "accuracy", "response_len_mean", "response_len_max", "truncated_frac", "entropy",
+    "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "approx_kl", "kl_ref", "grad_norm", "loss",
+    "advantage_abs_mean", "lr", "groups", "frac_zero_std", "sampling_rounds", "skipped_updates",
+    "time_rollout", "time_score", "time_update", "time_step", "tokens_per_s",
+)
+SUMMED_METRICS = ("loss", "policy_loss", "kl_ref", "entropy")
+EVAL_SEED = 1234  # the held-out set is the same for every run of a task
+
+
+def _seed_for(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+@dataclass
+class Rollout:
+    """A scored batch of ``G`` groups of ``n`` responses, flattened to ``B = G * n`` rows."""
+
+    input_ids: torch.Tensor  # [B, P + T] left-padded prompt, then response (right-padded)
+    attention_mask: torch.Tensor  # [B, P + T]
+    response_mask: torch.Tensor  # [B, T] bool
+    old_logp: torch.Tensor  # [B, T]
+    entropies: torch.Tensor  # [B, T]
+    ref_logp: torch.Tensor | None
+    rewards: torch.Tensor  # [B] shaped reward used for advantages
+    correct: torch.Tensor  # [B] bool
+    truncated: torch.Tensor  # [B] bool
+    prompts: list[str]
+    texts: list[str]
+    group_size: int
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+class Trainer:
+    """Train a causal LM with one of :data:`workbench.ALGORITHMS` on a verifiable task."""
+
+    def __init__(self, config: TrainConfig | dict, *, resume: bool = False, overwrite: bool = False,
+                 callback: Callable[[int, dict], None] | None = None, progress: bool = True):
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        c = self.config
+        self.callback, self.progress = callback, progress
+        self.algorithm = ALGORITHMS[c.algorithm]
+        self.run_dir = Path(c.output_dir)
+        self._prepare_run_dir(resume, overwrite)
+
+        use_cpu = c.device == "cpu" or not torch.cuda.is_available()
+        if c.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but no CUDA GPU is available")
+        precision = c.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision)
+
+        self.task = get_task(c.task, **c.task_params)
+        self.model, self.tokenizer = self._load_model()
+        self.ref_model = None
+        if c.resolved("beta_kl") > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        self.eval_examples = self.task.generate("eval", c.eval_size, EVAL_SEED)
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped_updates = 0
+        if resume:
+            self._load_checkpoint()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        d = self.run_dir
+        if d.exists() and any(d.iterdir()) and not resume:
+            if not overwrite:
+                raise FileExistsError(f"output_dir {str(d)!r} already holds a run: resume it (resume=True), "
+                                      "pass overwrite=True, or choose another output_dir")
+            shutil.rmtree(d)
+        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
+
+    def _load_model(self):
+        c = self.config
+        if c.model == "tiny":
+            from .tokenizer import build_char_tokenizer
+
+            tokenizer = build_char_tokenizer()
+            return build_tiny_model(tokenizer, seed=c.seed, **c.model_params), tokenizer
+        path = DEFAULT_INIT if c.model == "default" else c.model
+        if c.model == "default" and not Path(path).is_dir():
+            raise FileNotFoundError(f"the shipped warm-start checkpoint {path} is missing; rebuild it with "
+                                    "`python -m workbench warmstart`")
+        return load_model(path, trust_remote_code=c.trust_remote_code)
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        if c.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if c.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ rollout
+
+    def _generate(self, prompts: list[str], n: int, *, do_sample: bool) -> Generated:
+        c = self.config
+        return generate(self.unwrapped, self.tokenizer, prompts, n=n, max_new_tokens=c.max_new_tokens,
+                        do_sample=do_sample, temperature=c.temperature, top_p=c.top_p,
+                        autocast=self.accelerator.autocast())
+
+    def _score(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
+        T = response_mask.shape[1]
+        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+            return token_stats_from_model(model, input_ids, attention_mask, response_len=T,
+                                          response_mask=response_mask, temperature=self.config.temperature,
+                                          entropy_grad=grad and self.config.entropy_coef > 0)
+
+    def rollout(self, step: int) -> tuple[Rollout, dict]:
+        """Sample, score and reward one batch of groups (with DAPO's dynamic sampling if on)."""
+        c = self.config
+        n = c.group_size
+        dynamic = c.resolved("dynamic_sampling")
+        kept: list[tuple] = []  # per group: (prompt, example, prompt ids/mask rows, response rows, ...)
+        rounds, zero_std, seen = 0, 0, 0
+        t0 = time.perf_counter()
+        while len(kept) < c.prompts_per_step and rounds < (c.max_sampling_rounds if dynamic else 1):
+            examples = self.task.generate("train", c.prompts_per_step, _seed_for(c.seed, step, rounds))
+            gen = self._generate([e.prompt for e in examples], n, do_sample=True)
+            p_ids, p_mask, resp, r_mask, trunc, texts = (gen.prompt_ids, gen.prompt_mask, gen.response_ids,
+                                                         gen.response_mask, gen.truncated, gen.texts)
+            for g, ex in enumerate(examples):
+                rows = slice(g * n, (g + 1) * n)
+                correct = [self.task.reward(ex, t) > 0.5 for t in texts[rows]]
+                base = [self.task.reward(ex, t) + c.format_reward * self.task.format_reward(t) for t in texts[rows]]
+                seen += 1
+                if len(set(base)) == 1:
+                    zero_std += 1
+                    if dynamic:
+                        continue
+                kept.append((ex.prompt, p_ids[rows], p_mask[rows], resp[rows], r_mask[rows], trunc[rows],
+                             texts[rows], correct, base))
+            rounds += 1
+        time_rollout = time.perf_counter() - t0
+        kept = kept[: c.prompts_per_step]
+        stats = {"groups": len(kept), "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
+                 "time_rollout": time_rollout}
+        if not kept:
+            return None, stats
+        batch = self._collate(kept)
+        t1 = time.perf_counter()
+        batch.old_logp, batch.entropies = self._score(self.model, batch.input_ids, batch.attention_mask,
+                                                      batch.response_mask, grad=False)
+        if self.ref_model is not None:
+            batch.ref_logp, _ = self._score(self.ref_model, batch.input_ids, batch.attention_mask,
+                                            batch.response_mask, grad=False)
+        stats["time_score"] = time.perf_counter() - t1
+        return batch, stats
+
+    def _collate(self, kept: list[tuple]) -> Rollout:
+        c, pad = self.config, self.tokenizer.pad_token_id
+        P = max(k[1].shape[1] for k in kept)
+        T = max(int(k[4].sum(-1).max()) for k in kept)
+        dev = self.accelerator.device
+
+        def left(x, width, value):
+            return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+        def right(x, width, value):
+            x = x[:, :width]
+            return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+        p_ids = torch.cat([left(k[1], P, pad) for k in kept])
+        p_mask = torch.cat([left(k[2], P, 0) for k in kept])
+        resp = torch.cat([right(k[3], T, pad) for k in kept])
+        r_mask = torch.cat([right(k[4].long(), T, 0) for k in kept]).bool()
+        trunc = torch.cat([k[5] for k in kept])
+        texts = [t for k in kept for t in k[6]]
+        correct = torch.tensor([x for k in kept for x in k[7]], device=dev)
+        base = torch.tensor([x for k in kept for x in k[8]], dtype=torch.float32, device=dev)
+        rewards = base.clone()
+        lengths = r_mask.sum(-1)
+        if c.resolved("overlong_shaping"):
+            rewards = rewards + overlong_penalty(lengths, max_len=c.max_new_tokens, cache_len=c.overlong_cache)
+        if c.grop:
+            rewards = rewards + grop_penalty(base.view(-1, c.group_size), lengths.view(-1, c.group_size)).view(-1)
+        return Rollout(
+            input_ids=torch.cat([p_ids, resp], 1), attention_mask=torch.cat([p_mask, r_mask.long()], 1),
+            response_mask=r_mask, old_logp=None, entropies=None, ref_logp=None, rewards=rewards, correct=correct,
+            truncated=trunc, prompts=[k[0] for k in kept], texts=texts, group_size=c.group_size)
+
+    # ------------------------------------------------------------------ update
+
+    def advantages(self, batch: Rollout) -> torch.Tensor:
+        n = batch.group_size
+        G = batch.rewards.shape[0] // n
+        T = batch.response_mask.shape[1]
+        adv = self.algorithm.advantages(batch.rewards.view(G, n), batch.entropies.view(G, n, T),
+                                        batch.response_mask.view(G, n, T), **self.config.advantage_kwargs)
+        return adv.view(G * n, T)
+
+    def update(self, batch: Rollout, advantages: torch.Tensor, step: int) -> dict:
+        c = self.config
+        B = advantages.shape[0]
+        loss_kwargs = dict(eps_low=c.resolved("eps_low"), eps_high=c.resolved("eps_high"), agg=c.resolved("agg"),
+                           level=c.resolved("level"), beta_kl=c.resolved("beta_kl"), entropy_coef=c.entropy_coef)
+        token_level = loss_kwargs["agg"] == "token-mean" and loss_kwargs["level"] == "token"
+        gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))
+        sums: dict[str, float] = {}
+        count = 0
+        grad_norms = []
+        self.model.train()
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(B, generator=gen).to(advantages.device)
+            for mb in order.chunk(c.minibatches):
+                denominator = float(batch.response_mask[mb].sum()) if token_level else float(len(mb))
+                micro = c.micro_batch_size or len(mb)
+                n_micro = math.ceil(len(mb) / micro)
+                finite = True
+                for idx in mb.split(micro):
+                    T = int(batch.response_mask[idx].sum(-1).max())
+                    ids = batch.input_ids[idx][:, : batch.input_ids.shape[1] - batch.response_mask.shape[1] + T]
+                    attn = batch.attention_mask[idx][:, : ids.shape[1]]
+                    mask = batch.response_mask[idx][:, :T]
+                    logp, ent = self._score(self.model, ids, attn, mask, grad=True)
+                    loss, metrics = policy_loss(
+                        logp, batch.old_logp[idx][:, :T], advantages[idx][:, :T], mask,
+                        logp_ref=None if batch.ref_logp is None else batch.ref_logp[idx][:, :T],
+                        entropies=ent if c.entropy_coef > 0 else None, denominator=denominator, **loss_kwargs)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    self.accelerator.backward(loss)
+                    for k, v in metrics.items():  # loss terms add up over micro-batches; rates average
+                        sums[k] = sums.get(k, 0.0) + (v if k in SUMMED_METRICS else v / n_micro)
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm) if finite else None
+                if not finite or not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_updates += 1
+                    self.bad_steps += 1
+                    if self.bad_steps >= c.max_bad_steps:
+                        raise FloatingPointError(
+                            f"{self.bad_steps} consecutive updates had a non-finite loss or gradient; the run "
+                            f"stops here (last good checkpoint: {runs.Run(self.run_dir).latest_checkpoint()})")
+                    continue
+                self.bad_steps = 0
+                grad_norms.append(float(grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                count += 1
+        self.scheduler.step()
+        n_mb = max(1, c.ppo_epochs * c.minibatches)
+        out = {k: v / n_mb for k, v in sums.items()}
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Greedy and sampled (one sample, at the training temperature) held-out accuracy."""
+        exs = self.eval_examples
+        prompts = [e.prompt for e in exs]
+        out = {}
+        with torch.random.fork_rng(devices=[] if self.accelerator.device.type == "cpu" else None):
+            torch.manual_seed(EVAL_SEED)
+            for name, sample in (("greedy", False), ("sampled", True)):
+                gen = self._generate(prompts, 1, do_sample=sample)
+                out[f"{name}_accuracy"] = sum(self.task.reward(e, t) > 0.5 for e, t in zip(exs, gen.texts)) / len(exs)
+                if sample:
+                    T = int(gen.response_mask.sum(-1).max())
+                    ids = torch.cat([gen.prompt_ids, gen.response_ids[:, :T]], 1)
+                    attn = torch.cat([gen.prompt_mask, gen.response_mask[:, :T].long()], 1)
+                    _, ent = self._score(self.model, ids, attn, gen.response_mask[:, :T], grad=False)
+                    out["entropy"] = float(ent.sum() / gen.response_mask.sum())
+        return out
+
+    # ------------------------------------------------------------------ logging and checkpoints
+
+    def _log_samples(self, step: int, batch: Rollout, advantages: torch.Tensor) -> None:
+        n = batch.group_size
+        for g in range(min(self.config.log_groups, batch.rewards.shape[0] // n)):
+            responses = []
+            for i in range(g * n, (g + 1) * n):
+                m = batch.response_mask[i]
+                ids = batch.input_ids[i, -m.shape[0]:][m].tolist()
+                responses.append({
+                    "text": batch.texts[i],
+                    "tokens": [self.tokenizer.decode([t]) for t in ids],
+                    "entropies": [round(float(x), 5) for x in batch.entropies[i][m]],
+                    "logprobs": [round(float(x), 5) for x in batch.old_logp[i][m]],
+                    "advantages": [round(float(x), 5) for x in advantages[i][m]],
+                    "reward": float(batch.rewards[i]),
+                    "correct": bool(batch.correct[i]),
+                })
+            runs.append_jsonl(self.run_dir / "samples.jsonl", {
+                "step": step, "group": g, "prompt": batch.prompts[g], "algorithm": self.config.algorithm,
+                "responses": responses})
+
+    def save_checkpoint(self) -> Path:
+        """Write model, tokenizer, optimizer, scheduler and RNG state atomically."""
+        root = self.run_dir / "checkpoints"
+        name = f"step_{self.step:06d}"
+        final, tmp = root / name, root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        state = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+        meta = {"step": self.step, "skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps,
+                "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
+        runs.atomic_write_text(tmp / "checkpoint.json", json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        runs.atomic_write_text(root / "latest", name)
+        for old in runs.Run(self.run_dir).checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _load_checkpoint(self) -> None:
+        run = runs.Run(self.run_dir)
+        candidates = [run.latest_checkpoint()] + list(reversed(run.checkpoints()))
+        for ckpt in [p for p in dict.fromkeys(candidates) if p is not None]:
+            problem = verify_checkpoint(ckpt)
+            if problem:
+                import warnings
+
+                warnings.warn(f"skipping checkpoint {ckpt}: {problem}", stacklevel=2)
+                continue
+            self.unwrapped.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["python_rng"])
+            meta = json.loads((ckpt / "checkpoint.json").read_text())
+            self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
+            for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+                runs.truncate_jsonl(self.run_dir / f, self.step)
+            return
+        if candidates != [None]:
+            raise RuntimeError(f"no intact checkpoint in {self.run_dir / 'checkpoints'} to resume from")
+        # nothing saved yet: start from scratch, dropping rows of the lost steps
+        for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            runs.truncate_jsonl(self.run_dir / f, 0)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self, step: int) -> dict:
+        c = self.config
+        t0 = time.perf_counter()
+        torch.manual_seed(_seed_for(c.seed, step))
+        batch, stats = self.rollout(step)
+        row = {"step": step, **stats, "lr": self.scheduler.get_last_lr()[0]}
+        if batch is None:  # dynamic sampling found no informative group
+            self.scheduler.step()
+            row.update(skipped_updates=self.skipped_updates, time_step=time.perf_counter() - t0)
+            return row
+        adv = self.advantages(batch)
+        t1 = time.perf_counter()
+        metrics = self.update(batch, adv, step)
+        row["time_update"] = time.perf_counter() - t1
+        m = batch.response_mask
+        lengths = m.sum(-1).float()
+        row.update(
+            reward=float(batch.rewards.mean()), accuracy=float(batch.correct.float().mean()),
+            response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
+            truncated_frac=float(batch.truncated.float().mean()),
+            entropy=float(batch.entropies[m].mean()), advantage_abs_mean=float(adv[m].abs().mean()),
+            skipped_updates=self.skipped_updates, **{k: v for k, v in metrics.items() if k != "entropy"},
+        )
+        row["tokens_per_s"] = float(m.sum()) / stats["time_rollout"]
+        if step == 1 or step % c.log_samples_every == 0:
+            self._log_samples(step, batch, adv)
+        row["time_step"] = time.perf_counter() - t0
+        return row
+
+    def train(self) -> runs.Run:
+        c = self.config
+        bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not self.progress)
+        if self.step == 0 and not (self.run_dir / "eval.jsonl").exists():
+            runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **self.evaluate()})
+        while self.step < c.steps:
+            step = self.step + 1
+            row = self.train_step(step)
+            self.step = step
+            runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if step % c.eval_every == 0 or step == c.steps:
+                ev = self.evaluate()
+                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
+                row = {**row, **{f"eval_{k}": v for k, v in ev.items()}}
+            if step % c.save_every == 0 or step == c.steps:
+                self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", acc=f"{row.get('accuracy', float('nan')):.2f}",
+                            H=f"{row.get('entropy', float('nan')):.2f}")
+            if self.callback is not None:
+                self.callback(step, row)
+        bar.close()
+        return runs.Run(self.run_dir)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """``None`` if the checkpoint is complete and its checksums match, else what is wrong."""
+    meta_path = path / "checkpoint.json"
+    if not meta_path.exists():
+        return "no checkpoint.json (incomplete write)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return "checkpoint.json is corrupt"
+    for name, digest in meta.get("files", {}).items():
+        if name == "checkpoint.json":
+            continue
+        f = path / name
+        if not f.exists():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum (corrupt or truncated)"
+    return None
+
+
+def train(config: TrainConfig | dict | None = None, *, callback=None, progress: bool = True,
+          overwrite: bool = False, **overrides) -> runs.Run:
+    """Train with ``config`` (a :class:`TrainConfig`, a dict, or keyword overrides); return the run."""
+    if config is None:
+        config = {}
+    if isinstance(config, TrainConfig):
+        config = config.replace(**overrides)
+    else:
+        config = TrainConfig.from_dict({**config, **overrides})
+    return Trainer(config, overwrite=overwrite, callback=callback, progress=progress).train()
+
+
+def resume(run_dir, *, callback=None, progress: bool = True, **overrides) -> runs.Run:
+    """Continue a run from its last intact checkpoint (``overrides`` may raise ``steps``)."""
+    run = runs.load_run(run_dir)
+    data = {**run.config, "output_dir": str(run_dir), **overrides}
+    return Trainer(TrainConfig.from_dict(data), resume=True, callback=callback, progress=progress).train()
