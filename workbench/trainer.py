@@ -18,8 +18,10 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,7 +89,6 @@ class Trainer:
         self.callback, self.progress = callback, progress
         self.algorithm = ALGORITHMS[c.algorithm]
         self.run_dir = Path(c.output_dir)
-        self._prepare_run_dir(resume, overwrite)
 
         use_cpu = c.device == "cpu" or not torch.cuda.is_available()
         if c.device == "cuda" and not torch.cuda.is_available():
@@ -99,6 +100,7 @@ class Trainer:
 
         self.task = get_task(c.task, **c.task_params)
         self.model, self.tokenizer = self._load_model()
+        self._prepare_run_dir(resume, overwrite)  # only once the task and the model loaded
         self.ref_model = None
         if c.resolved("beta_kl") > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -118,11 +120,14 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         d = self.run_dir
-        if d.exists() and any(d.iterdir()) and not resume:
+        holds_run = any((d / f).exists() for f in ("metrics.jsonl", "eval.jsonl", "checkpoints/latest"))
+        if holds_run and not resume:
             if not overwrite:
                 raise FileExistsError(f"output_dir {str(d)!r} already holds a run: resume it (resume=True), "
                                       "pass overwrite=True, or choose another output_dir")
             shutil.rmtree(d)
+        if resume and not holds_run:
+            raise FileNotFoundError(f"nothing to resume in {str(d)!r}: it holds no run")
         (d / "checkpoints").mkdir(parents=True, exist_ok=True)
         runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
 
@@ -149,6 +154,12 @@ class Trainer:
         if c.lr_schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
+
+    def _scheduler_step(self) -> None:
+        """The schedule follows RL steps, also those that made no optimizer step."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
 
     @property
     def unwrapped(self):
@@ -301,7 +312,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 count += 1
-        self.scheduler.step()
+        self._scheduler_step()
         n_mb = max(1, c.ppo_epochs * c.minibatches)
         out = {k: v / n_mb for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
@@ -381,8 +392,6 @@ class Trainer:
         for ckpt in [p for p in dict.fromkeys(candidates) if p is not None]:
             problem = verify_checkpoint(ckpt)
             if problem:
-                import warnings
-
                 warnings.warn(f"skipping checkpoint {ckpt}: {problem}", stacklevel=2)
                 continue
             self.unwrapped.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
@@ -411,7 +420,7 @@ class Trainer:
         batch, stats = self.rollout(step)
         row = {"step": step, **stats, "lr": self.scheduler.get_last_lr()[0]}
         if batch is None:  # dynamic sampling found no informative group
-            self.scheduler.step()
+            self._scheduler_step()
             row.update(skipped_updates=self.skipped_updates, time_step=time.perf_counter() - t0)
             return row
         adv = self.advantages(batch)

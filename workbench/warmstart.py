@@ -46,7 +46,7 @@ def sft_batch(tokenizer, examples, device="cpu"):
 
 def warm_start(*, task: str = "addition", task_params: dict | None = None, max_steps: int = 3000,
                batch_size: int = 64, lr: float = 1e-3, seed: int = 0, target_accuracy: float = 0.2,
-               min_steps: int = 500, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int = 16,
+               min_steps: int = 100, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int = 16,
                model_params: dict | None = None, out: str | Path = DEFAULT_INIT, progress: bool = True) -> dict:
     """Train a fresh tiny model on worked solutions; save it to ``out`` once it reaches the target.
 
@@ -80,8 +80,8 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         "task": task, "task_params": task_params or {}, "steps": step, "batch_size": batch_size, "lr": lr,
         "seed": seed, "target_accuracy": target_accuracy, "greedy_accuracy": acc, "eval_size": eval_size,
         "parameters": count_parameters(model), "seconds": round(time.perf_counter() - start, 1),
-        "command": (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy} "
-                    f"--out {out}"),
+        "command": (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
+                    + ("" if str(out) == DEFAULT_INIT else f" --out {out}")),
     }
     path = save_model(model, tokenizer, out)
     (path / "warmstart.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,131 @@
+"""The RL trainer end to end on CPU with a tiny model: every algorithm, resume, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workbench.config import TrainConfig
+from workbench.runs import load_run
+from workbench.trainer import Trainer, resume, train
+
+TINY = dict(model="tiny", model_params={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                        "num_key_value_heads": 2, "intermediate_size": 64},
+            prompts_per_step=3, group_size=4, max_new_tokens=12, eval_size=8, eval_every=2, save_every=2,
+            log_samples_every=1, lr=1e-3)
+
+
+WARM = dict(model="default", prompts_per_step=3, group_size=4, max_new_tokens=16, eval_size=8, eval_every=2,
+            save_every=2, log_samples_every=1, lr=1e-3)
+
+
+def cfg(tmp_path, **kw):
+    return {**TINY, "output_dir": str(tmp_path / "run"), **kw}
+
+
+def warm(tmp_path, **kw):
+    """From the shipped warm start: right some of the time, so rewards vary within groups."""
+    return {**WARM, "output_dir": str(tmp_path / "run"), **kw}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gtpo", "grpo_s"])
+def test_each_algorithm_trains_end_to_end(tmp_path, algorithm):
+    trainer = Trainer(warm(tmp_path, algorithm=algorithm, steps=2, dynamic_sampling=False, ppo_epochs=2,
+                          minibatches=2), progress=False)
+    before = {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()}
+    run = trainer.train()
+    m = run.metrics
+    assert list(m["step"]) == [1, 2]
+    for col in ("loss", "grad_norm", "entropy", "reward", "accuracy", "clip_frac", "approx_kl"):
+        assert m[col].notna().all() and bool(torch.isfinite(torch.tensor(m[col].values)).all()), col
+    assert (m["entropy"] > 0).all() and (m["response_len_mean"] >= 1).all()
+    after = trainer.unwrapped.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "parameters did not change"
+    assert list(run.evals["step"]) == [0, 2]
+    assert {"greedy_accuracy", "sampled_accuracy", "entropy"} <= set(run.evals.columns)
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["algorithm"] == algorithm and config["eps_high"] == (0.2 if algorithm == "grpo" else 0.28)
+    sample = run.samples[0]
+    resp = sample["responses"][0]
+    assert len(resp["tokens"]) == len(resp["entropies"]) == len(resp["advantages"]) == len(resp["logprobs"])
+    assert len(sample["responses"]) == 4 and sample["algorithm"] == algorithm
+    ckpt = run.latest_checkpoint()
+    assert ckpt.name == "step_000002" and (ckpt / "model.safetensors").exists()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    common = dict(algorithm="gtpo", dynamic_sampling=False, save_every=2)
+    full = train(warm(tmp_path / "a", steps=4, **common), progress=False)
+    part = train(warm(tmp_path / "b", steps=2, **common), progress=False)
+    resumed = resume(part.path, steps=4, progress=False)
+    cols = ["step", "loss", "reward", "entropy", "grad_norm", "response_len_mean"]
+    pd.testing.assert_frame_equal(full.metrics[cols], resumed.metrics[cols], rtol=1e-5, atol=1e-6)
+    a = load_file(full.latest_checkpoint() / "model.safetensors")
+    b = load_file(resumed.latest_checkpoint() / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_kill_drops_rows_past_the_checkpoint(tmp_path):
+    run = train(cfg(tmp_path, steps=3, algorithm="grpo", save_every=2, eval_every=10), progress=False)
+    assert list(run.metrics["step"]) == [1, 2, 3]
+    # simulate a crash after step 3's metrics row but before its checkpoint
+    import shutil
+    shutil.rmtree(run.path / "checkpoints" / "step_000003")
+    (run.path / "checkpoints" / "latest").write_text("step_000003")
+    resumed = resume(run.path, progress=False)
+    assert list(resumed.metrics["step"]) == [1, 2, 3]
+
+
+def test_dynamic_sampling_drops_zero_variance_groups(tmp_path):
+    # a fresh tiny model is never right: every group has equal rewards, so every round is dropped
+    run = train(cfg(tmp_path, algorithm="dapo", steps=1, max_sampling_rounds=2), progress=False)
+    row = run.metrics.iloc[0]
+    assert row["sampling_rounds"] == 2 and row["groups"] == 0 and row["frac_zero_std"] == 1.0
+    # from the warm start some groups are mixed: only those are kept
+    run = train(warm(tmp_path / "w", algorithm="dapo", steps=1, prompts_per_step=4, max_sampling_rounds=3), progress=False)
+    row = run.metrics.iloc[0]
+    assert 1 <= row["groups"] <= 4 and 0 < row["frac_zero_std"] < 1
+    assert all(0 < sum(r["correct"] for r in s["responses"]) < 4 for s in run.samples)
+
+
+def test_cli_train_smoke(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
+           json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+           "--max-new-tokens", "6", "--eval-size", "4", "--algorithm", "grpo_s", "--output-dir", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(load_run(out).metrics) == 1
+    res = subprocess.run(cmd[:-2] + ["--algorithm", "ppo"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "unknown 'ppo'" in res.stderr
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="algorithm: unknown 'ppo'"):
+        TrainConfig(algorithm="ppo")
+    with pytest.raises(ValueError, match="group_size must be >= 1|group_size must be >= 2"):
+        TrainConfig(group_size=0)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        TrainConfig(group_size=1)
+    with pytest.raises(FileNotFoundError, match="/no/such/model"):
+        TrainConfig(model="/no/such/model")
+    with pytest.raises(ValueError, match=r"eps_high \(0.1\) must be >= eps_low \(0.2\)"):
+        TrainConfig(eps_high=0.1)
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(TypeError, match="steps must be int"):
+        TrainConfig(steps="10")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=0.0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "1"}\n{"question": "b"}\n')
+    with pytest.raises(ValueError, match="line 2: missing field 'answer'"):
+        train(cfg(tmp_path, task="jsonl", task_params={"path": str(bad)}, steps=1), progress=False)
+    train(cfg(tmp_path, steps=1, eval_every=5), progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg(tmp_path, steps=1), progress=False)
