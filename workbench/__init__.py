@@ -14,8 +14,26 @@ from .rewards import grop_penalty, overlong_penalty
 
 __version__ = "0.1.0"
 
+# Training, tasks and runs pull in transformers and accelerate: imported on first use.
+_LAZY = {"train": "trainer", "resume": "trainer", "Trainer": "trainer", "TrainConfig": "config",
+         "load_run": "runs", "get_task": "tasks"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
 __all__ = [
     "ALGORITHMS",
+    "TrainConfig",
+    "Trainer",
+    "get_task",
+    "load_run",
+    "resume",
+    "train",
     "Algorithm",
     "advantages",
     "dapo",

@@ -1,0 +1,321 @@
+"""workbench.viz: figure data (not pixels) on synthetic run directories and the spec example."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import workbench
+from workbench import viz
+from workbench.examples import spec_example
+from workbench.runs import load_run
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def _response(tokens, entropies, reward, advantages=None):
+    n = len(tokens)
+    return {"text": "".join(tokens), "tokens": tokens, "entropies": entropies,
+            "logprobs": [-0.5 * e for e in entropies], "advantages": advantages or [0.0] * n,
+            "reward": reward, "correct": reward > 0.5}
+
+
+def _record(step, group=0, scale=1.0):
+    """The spec example's group as a samples.jsonl record (entropies times ``scale``)."""
+    ex = spec_example()
+    responses = []
+    for i in range(4):
+        n = int(ex["mask"][i].sum())
+        tokens = [f"a{i}", "<b>", "7"][:n]
+        responses.append(_response(tokens, [scale * float(h) for h in ex["entropies"][i, :n]], float(ex["rewards"][i])))
+    return {"step": step, "group": group, "prompt": "1+2=", "algorithm": "gtpo", "responses": responses}
+
+
+def write_run(root, name, *, algorithm="gtpo", seed=0, metrics=None, evals=None, samples=None, task_params=None):
+    path = root / name
+    path.mkdir(parents=True)
+    config = {"algorithm": algorithm, "seed": seed, "task": "chain", "task_params": task_params or {"steps": 8},
+              "steps": 3}
+    (path / "config.json").write_text(json.dumps(config))
+    for file, rows in (("metrics.jsonl", metrics), ("eval.jsonl", evals), ("samples.jsonl", samples)):
+        if rows is not None:
+            (path / file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _metrics(values, **extra):
+    return [{"step": s, "accuracy": v, "reward": v, "entropy": 1.0 - v / 2, "grad_norm": 2 * v, **extra}
+            for s, v in enumerate(values, start=1)]
+
+
+def _traces(fig, **meta):
+    return [t for t in fig.data if t.meta and all(t.meta.get(k) == v for k, v in meta.items())]
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def test_token_table_flattens_records():
+    table = viz.token_table([_record(1), _record(5)])
+    assert len(table) == 2 * 10
+    assert list(table.columns[:10]) == ["step", "group", "response", "position", "token", "entropy", "logprob",
+                                        "advantage", "reward", "correct"]
+    row = table[(table.step == 5) & (table.response == 2) & (table.position == 1)].iloc[0]
+    assert (row.token, row.entropy, row.logprob, row.correct) == ("<b>", 4.0, -2.0, False)
+
+
+def test_run_directory_is_read_through_load_run(tmp_path):
+    path = write_run(tmp_path, "r", metrics=_metrics([0.1, 0.2]), samples=[_record(1)])
+    runs = viz.as_runs([path, load_run(path), pd.DataFrame(_metrics([0.3]))])
+    assert [r.label for r in runs] == ["r", "r", "run2"]
+    assert runs[0].algorithm == "gtpo" and len(runs[0].metrics) == 2
+    assert len(viz.token_table(path)) == 10
+    assert set(viz.token_table([path, path])["source"]) == {"r"}
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+def test_token_entropy_figure_colours_and_hovers_tokens():
+    record = _record(1)
+    fig = viz.token_entropy_figure(record, wrap=2)
+    heat = fig.data[0]
+    # response 0 (3 tokens) wraps onto two rows of 2 cells; the last cell is padding
+    assert heat.z.shape == (6, 2)
+    assert heat.z[0].tolist() == [2.0, 4.0] and heat.z[1][0] == 1.0 and np.isnan(heat.z[1][1])
+    assert heat.text[0] == ["a0", "&lt;b&gt;"]
+    assert "'a0'" in heat.hovertext[0][0] and "entropy: 2.000" in heat.hovertext[0][0]
+    assert "log-prob: -1.000" in heat.hovertext[0][0] and "reward: 1 ✓" in heat.hovertext[0][0]
+    assert fig.layout.yaxis.ticktext[:2] == ("#0 ✓ r=1", "")
+
+
+def test_group_heatmap_labels_rows_and_blanks_padding():
+    fig = viz.group_heatmap(_record(1))
+    heat = fig.data[0]
+    assert list(heat.y) == ["#0 ✓ r=1", "#1 ✓ r=1", "#2 ✗ r=0", "#3 ✗ r=0"]
+    ex = spec_example()
+    np.testing.assert_array_equal(np.nan_to_num(heat.z, nan=-1), torch.where(ex["mask"], ex["entropies"], -1).numpy())
+    assert np.isnan(heat.z[1][2]) and heat.hovertext[1][2] == ""
+    assert "'7'" in heat.hovertext[0][2]
+
+
+# ---------------------------------------------------------------------------- redistribution
+
+
+def test_redistribution_matches_the_advantage_functions():
+    ex = spec_example()
+    fig = viz.redistribution_figure(ex["rewards"], ex["entropies"], ex["mask"])
+    assert [t.name for t in fig.data] == ["grpo", "dapo", "gtpo", "grpo_s"]
+    assert [t.xaxis for t in fig.data] == ["x", "x2", "x3", "x4"]
+    z = {t.name: np.asarray(t.z, dtype=float) for t in fig.data}
+    mask = ex["mask"].numpy()
+    assert np.isnan(z["grpo"][~mask]).all() and np.isnan(z["gtpo"][~mask]).all()
+    grpo = workbench.grpo(ex["rewards"], ex["mask"]).numpy()
+    for i in range(4):
+        row = z["grpo"][i][mask[i]]
+        assert np.all(row == row[0])
+    np.testing.assert_array_equal(z["grpo"][mask], grpo[mask])
+    np.testing.assert_array_equal(z["gtpo"][mask], workbench.gtpo(**ex).numpy()[mask])
+    np.testing.assert_allclose(z["gtpo"][0], [0.930469, 0.999393, 0.947700], atol=1e-5)
+    assert len(set(np.round(z["gtpo"][0], 6))) == 3  # GTPO varies along a response
+    assert fig.layout.coloraxis.cmid == 0
+
+
+def test_redistribution_routes_keyword_arguments():
+    ex = spec_example()
+    fig = viz.redistribution_figure(**ex, algorithms=("grpo", "gtpo", "grpo_s"), alpha2=0.5,
+                                    normalize="per_polarity", grpo_s={"beta2": 0.9})
+    z = {t.name: np.asarray(t.z, dtype=float) for t in fig.data}
+    mask = ex["mask"].numpy()
+    np.testing.assert_array_equal(z["grpo"][mask], workbench.grpo(ex["rewards"], ex["mask"]).numpy()[mask])
+    expected = workbench.gtpo(**ex, alpha2=0.5, normalize="per_polarity").numpy()
+    np.testing.assert_array_equal(z["gtpo"][mask], expected[mask])
+    expected = workbench.grpo_s(**ex, beta2=0.9, normalize="per_polarity").numpy()
+    np.testing.assert_array_equal(z["grpo_s"][mask], expected[mask])
+    # a variant keeps what it fixes itself: the shared normalize does not undo gtpo_per_polarity
+    adv = viz.algorithm_advantages(ex, ("gtpo_per_polarity",), normalize="joint")["gtpo_per_polarity"]
+    np.testing.assert_allclose(adv[0], [-0.447204, 1.341611, 0.0], atol=1e-5)
+
+
+def test_redistribution_from_sample_recomputes_advantages():
+    fig = viz.redistribution_from_sample(_record(7), ("gtpo",))
+    ex = spec_example()
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z)[ex["mask"].numpy()],
+                                  workbench.gtpo(**ex).numpy()[ex["mask"].numpy()])
+    assert "'<b>'" not in fig.data[0].hovertext[0][1] and "&lt;b&gt;" in fig.data[0].hovertext[0][1]
+    assert "A (gtpo)" in fig.data[0].hovertext[0][1] and "step 7" in fig.layout.title.text
+
+
+def test_synthetic_group_is_seeded():
+    a, b = viz.synthetic_group(6, 10, seed=3), viz.synthetic_group(6, 10, seed=3)
+    np.testing.assert_array_equal(a.entropies, b.entropies)
+    assert a.correct.tolist() == [True] * 3 + [False] * 3 and a.mask.any(1).all()
+
+
+# ---------------------------------------------------------------------------- curves
+
+
+def test_training_curves_band_over_seeds(tmp_path):
+    a = write_run(tmp_path, "a", seed=0, metrics=_metrics([0.0, 0.2, 0.4]),
+                  evals=[{"step": 3, "greedy_accuracy": 0.5, "sampled_accuracy": 0.4, "entropy": 1.0}])
+    b = write_run(tmp_path, "b", seed=1, metrics=_metrics([0.2, 0.6, 0.8]),
+                  evals=[{"step": 3, "greedy_accuracy": 0.7, "sampled_accuracy": 0.6, "entropy": 1.0}])
+    c = write_run(tmp_path, "c", algorithm="grpo", metrics=_metrics([0.1, 0.1, 0.1]))
+    fig = viz.training_curves([a, b, c], metrics=("accuracy", "kl_ref", "grad_norm"))
+    panels = [ann.text for ann in fig.layout.annotations]
+    assert panels == ["accuracy", "grad_norm", "eval greedy_accuracy", "eval sampled_accuracy"]  # kl_ref absent
+    mean = _traces(fig, metric="accuracy", group="gtpo", kind="mean")[0]
+    np.testing.assert_allclose(mean.y, [0.1, 0.4, 0.6])
+    assert _traces(fig, metric="accuracy", group="gtpo", kind="upper")[0].y.tolist() == [0.2, 0.6, 0.8]
+    assert _traces(fig, metric="accuracy", group="gtpo", kind="lower")[0].y.tolist() == [0.0, 0.2, 0.4]
+    assert not _traces(fig, group="grpo", kind="upper")  # one run: no band
+    assert mean.line.color == viz.PALETTE["gtpo"]
+    np.testing.assert_allclose(_traces(fig, metric="eval greedy_accuracy", group="gtpo", kind="mean")[0].y, [0.6])
+    assert sum(t.showlegend is not False for t in fig.data) == 2  # one legend entry per algorithm
+
+    std = viz.aggregate_runs([a, b], "accuracy", band="std")["gtpo"]
+    np.testing.assert_allclose(std["upper"] - std["mean"], np.std([[0.0, 0.2], [0.2, 0.6], [0.4, 0.8]], 1, ddof=1))
+    smooth = viz.aggregate_runs([a], "accuracy", smooth=2)["gtpo"]
+    np.testing.assert_allclose(smooth["mean"], [0.0, 0.1, 0.3])
+    by_run = viz.training_curves({"x": a, "y": b}, metrics=("accuracy",), evals=(), by="run")
+    assert [t.name for t in by_run.data] == ["x", "y"]
+
+
+# ---------------------------------------------------------------------------- stability
+
+
+def test_stability_final_accuracy_per_length(tmp_path):
+    runs = []
+    for algorithm, finals in (("gtpo", {4: (0.9, 0.7), 16: (0.5, 0.3)}), ("grpo_s", {4: (0.8, 0.8), 16: (0.6, 0.6)})):
+        for length, values in finals.items():
+            for seed, value in enumerate(values):
+                evals = [{"step": 1, "greedy_accuracy": 0.0}, {"step": 2, "greedy_accuracy": value}]
+                runs.append(write_run(tmp_path, f"{algorithm}-{length}-{seed}", algorithm=algorithm, seed=seed,
+                                      task_params={"steps": length}, metrics=_metrics([0.0, value]), evals=evals))
+    table = viz.stability_table(runs)
+    assert set(table["metric"]) == {"eval greedy_accuracy"} and len(table) == 8
+    fig = viz.stability_figure(runs)
+    final = {t.name: t for t in _traces(fig, kind="final")}
+    assert list(final["gtpo"].x) == [4, 16]
+    np.testing.assert_allclose(final["gtpo"].y, [0.8, 0.4])
+    np.testing.assert_allclose(final["gtpo"].error_y.array, [np.std([0.9, 0.7], ddof=1), np.std([0.5, 0.3], ddof=1)])
+    np.testing.assert_allclose(final["grpo_s"].y, [0.8, 0.6])
+    entropy16 = _traces(fig, metric="entropy", length=16, group="gtpo", kind="mean")[0]
+    np.testing.assert_allclose(entropy16.y, [1.0, 1 - 0.4 / 2])
+    assert len(_traces(fig, metric="grad_norm", kind="mean")) == 4
+    with pytest.raises(ValueError, match="task_params"):
+        viz.stability_table([write_run(tmp_path, "nolen", task_params={"digits": 3}, metrics=_metrics([0.1]))])
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def test_forking_tokens_are_the_top_entropies_sorted():
+    records = [_record(1), _record(9, scale=2.0)]
+    top = viz.forking_tokens(records, top=5, context=1)
+    all_entropies = sorted(viz.token_table(records)["entropy"], reverse=True)
+    assert top["entropy"].tolist() == all_entropies[:5] == [8.0, 8.0, 6.0, 6.0, 4.0]
+    first = top.iloc[0]
+    assert (first.step, first.response, first.position, first.token) == (9, 0, 1, "<b>")
+    assert first.context == "a0⟦<b>⟧7"
+    table = viz.forking_tokens_table(top)
+    assert isinstance(table.data[0], go.Table) and table.data[0].cells.values[2][0] == "a0⟦&lt;b&gt;⟧7"
+
+
+def test_entropy_distribution_and_position():
+    records = [_record(1)]
+    dist = viz.entropy_distribution(records)
+    assert [t.meta["group"] for t in dist.data] == ["correct ✓", "wrong ✗"]
+    assert sorted(dist.data[0].x) == [1.0, 1.0, 2.0, 3.0, 4.0]
+    pos = viz.entropy_by_position(records, by=None)
+    mean = _traces(pos, kind="mean")[0]
+    np.testing.assert_allclose(mean.y, [np.mean([2, 3, 1, 3]), np.mean([4, 1, 4, 0.5]), np.mean([1, 0.5])])
+    by_algorithm = viz.entropy_distribution(records, by="algorithm")
+    assert by_algorithm.data[0].marker.color == viz.PALETTE["gtpo"]
+
+
+def test_entropy_shift_first_and_last_step(tmp_path):
+    path = write_run(tmp_path, "r", samples=[_record(1), _record(5, scale=0.5)])
+    fig = viz.entropy_shift_figure(path)
+    hist = [t for t in fig.data if isinstance(t, go.Histogram)]
+    assert [t.name for t in hist] == ["step 1", "step 5"]
+    assert hist[1].meta["mean"] == pytest.approx(hist[0].meta["mean"] / 2)
+    explicit = viz.entropy_shift_figure([_record(1)], [_record(2, scale=0.5)])
+    assert [t.name for t in explicit.data if isinstance(t, go.Histogram)] == ["early", "late"]
+
+
+# ---------------------------------------------------------------------------- widgets
+
+
+def test_shaping_explorer_updates_live():
+    pytest.importorskip("anywidget")
+    explorer = viz.shaping_explorer()
+    names = [t.name for t in explorer.figure.data]
+    assert names == ["grpo", "dapo", "gtpo", "grpo_s"]
+    gtpo_before = np.array(explorer.figure.data[2].z, dtype=float)
+    grpo_before = np.array(explorer.figure.data[0].z, dtype=float)
+    explorer.alpha2.value = 0.6
+    gtpo_after = np.array(explorer.figure.data[2].z, dtype=float)
+    assert not np.allclose(np.nan_to_num(gtpo_before), np.nan_to_num(gtpo_after))
+    np.testing.assert_array_equal(np.nan_to_num(grpo_before), np.nan_to_num(explorer.figure.data[0].z))
+    group = explorer.group()
+    rewards, entropies, mask = group.tensors()
+    expected = workbench.gtpo(rewards, entropies, mask, alpha2=0.6).numpy()
+    np.testing.assert_array_equal(gtpo_after[group.mask], expected[group.mask])
+
+    explorer.n.value = 5
+    assert len(explorer.figure.data[0].y) == 5
+    explorer.algorithms.value = ("gtpo",)
+    assert [t.name for t in explorer.figure.data] == ["gtpo"]
+    stored = viz.shaping_explorer(_record(1))
+    assert stored.n.disabled and np.asarray(stored.figure.data[0].z).shape == (4, 3)
+
+
+def test_run_launcher_with_a_fake_train_fn(tmp_path):
+    pytest.importorskip("anywidget")
+    seen = {}
+
+    def fake_train(config, callback):
+        seen.update(config)
+        rows = _metrics([0.25, 0.5, 0.75])
+        for row in rows:
+            callback(row["step"], row)
+        path = tmp_path / "runs" / "fake"
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(config))
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return load_run(path)
+
+    launcher = viz.run_launcher(fake_train, runs_root=tmp_path / "runs")
+    assert launcher.runs.options == ()
+    launcher.task.value = "chain"
+    launcher.chain_length.value = 12
+    launcher.algorithm.value = "grpo_s"
+    launcher.steps.value = 3
+    launcher.run_button.click()
+    assert launcher.error is None
+    assert seen["algorithm"] == "grpo_s" and seen["task_params"] == {"steps": 12} and seen["steps"] == 3
+    assert seen["output_dir"].endswith("grpo_s-chain-seed0")
+    assert launcher.progress.value == launcher.progress.max == 3
+    assert launcher.progress.bar_style == "success"
+    assert list(launcher.live.data[0].x) == [1, 2, 3] and list(launcher.live.data[0].y) == [0.25, 0.5, 0.75]
+    assert launcher.runs.value == (str(tmp_path / "runs" / "fake"),)
+    assert _traces(launcher.compare, metric="accuracy", group="grpo_s", kind="mean")
+
+
+def test_run_launcher_shows_a_failure(tmp_path):
+    pytest.importorskip("anywidget")
+
+    def failing(config, callback):
+        callback(1, {"accuracy": 0.0})
+        raise RuntimeError("boom")
+
+    launcher = viz.run_launcher(failing, runs_root=tmp_path)
+    assert launcher.launch() is None
+    assert isinstance(launcher.error, RuntimeError) and launcher.progress.bar_style == "danger"
+    assert "boom" in launcher.status.value and not launcher.run_button.disabled

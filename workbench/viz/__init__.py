@@ -1,0 +1,58 @@
+"""Figures and widgets of the workbench (plotly): every figure function returns a
+``plotly.graph_objects.Figure`` and reads run directories, samples or DataFrames, never
+the trainer.
+
+- :mod:`.tokens`: responses with tokens coloured by entropy, group heatmaps;
+- :mod:`.redistribution`: per-token advantages of one group under each algorithm;
+- :mod:`.curves`: training curves, seeds aggregated into bands;
+- :mod:`.stability`: the chain task at growing lengths;
+- :mod:`.analysis`: entropy distributions, by position, forking tokens, entropy shift;
+- :mod:`.widgets`: the shaping explorer and the run launcher;
+- :mod:`.sources`: the inputs (runs, groups, the per-token table); :mod:`.style`: colours.
+"""
+
+from .analysis import (
+    entropy_by_position,
+    entropy_distribution,
+    entropy_shift_figure,
+    forking_tokens,
+    forking_tokens_table,
+    split_first_last,
+)
+from .curves import aggregate_runs, training_curves
+from .redistribution import algorithm_advantages, redistribution_figure, redistribution_from_sample, synthetic_group
+from .sources import Group, RunData, as_group, as_runs, token_table
+from .stability import stability_figure, stability_table
+from .style import PALETTE, algorithm_color
+from .tokens import group_heatmap, token_entropy_figure
+from .widgets import RunLauncher, ShapingExplorer, run_launcher, shaping_explorer
+
+__all__ = [
+    "PALETTE",
+    "Group",
+    "RunData",
+    "RunLauncher",
+    "ShapingExplorer",
+    "aggregate_runs",
+    "algorithm_advantages",
+    "algorithm_color",
+    "as_group",
+    "as_runs",
+    "entropy_by_position",
+    "entropy_distribution",
+    "entropy_shift_figure",
+    "forking_tokens",
+    "forking_tokens_table",
+    "group_heatmap",
+    "redistribution_figure",
+    "redistribution_from_sample",
+    "run_launcher",
+    "shaping_explorer",
+    "split_first_last",
+    "stability_figure",
+    "stability_table",
+    "synthetic_group",
+    "token_entropy_figure",
+    "token_table",
+    "training_curves",
+]
