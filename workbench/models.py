@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-__all__ = ["TINY_DEFAULTS", "build_tiny_model", "load_model", "save_model", "count_parameters"]
+__all__ = ["TINY_DEFAULTS", "build_tiny_model", "load_model", "save_model", "count_parameters", "quiet_hub_bars"]
+
+
+@contextmanager
+def quiet_hub_bars():
+    """Hide transformers' per-file loading/saving bars (noise for a few-MB model); restore after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 #: The embedded default: ~1 M parameters (see shared notes, "embedded-default").
 TINY_DEFAULTS = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -64,7 +79,8 @@ def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **kwargs)
+    with quiet_hub_bars():
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -78,7 +94,8 @@ def save_model(model, tokenizer, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    with quiet_hub_bars():
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     old = path.with_name(f".{path.name}.old")
     if path.exists():

@@ -17,9 +17,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from .config import DEFAULT_INIT, TrainConfig
 from .entropy import token_stats_from_model
 from .generation import Generated, generate
 from .losses import policy_loss
-from .models import build_tiny_model, load_model
+from .models import build_tiny_model, load_model, quiet_hub_bars
 from .rewards import grop_penalty, overlong_penalty
 from .tasks import get_task
 
@@ -49,6 +51,7 @@ METRIC_COLUMNS = (
     "advantage_abs_mean", "lr", "groups", "frac_zero_std", "sampling_rounds", "skipped_updates",
     "time_rollout", "time_score", "time_update", "time_step", "tokens_per_s",
 )
+TIED_KEYS = {"lm_head.weight"}  # not saved when tied to the input embeddings
 SUMMED_METRICS = ("loss", "policy_loss", "kl_ref", "entropy")
 EVAL_SEED = 1234  # the held-out set is the same for every run of a task
 
@@ -367,7 +370,8 @@ class Trainer:
         name = f"step_{self.step:06d}"
         final, tmp = root / name, root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        with quiet_hub_bars():
+            self.unwrapped.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         state = {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -375,6 +379,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         torch.save(state, tmp / "trainer_state.pt")
+        _fault_point("checkpoint", self.step)
         meta = {"step": self.step, "skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps,
                 "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
         runs.atomic_write_text(tmp / "checkpoint.json", json.dumps(meta, indent=1))
@@ -394,8 +399,16 @@ class Trainer:
             if problem:
                 warnings.warn(f"skipping checkpoint {ckpt}: {problem}", stacklevel=2)
                 continue
-            self.unwrapped.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
-            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+            try:  # weights_only: plain tensors and containers; any other pickle is refused unrun
+                state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+            except pickle.UnpicklingError as e:
+                warnings.warn(f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})",
+                              stacklevel=2)
+                continue
+            missing, unexpected = self.unwrapped.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+            if unexpected or set(missing) - TIED_KEYS:
+                raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, "
+                                   f"unexpected {unexpected}")
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
@@ -452,6 +465,7 @@ class Trainer:
             row = self.train_step(step)
             self.step = step
             runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+            _fault_point("metrics", step)
             if step % c.eval_every == 0 or step == c.steps:
                 ev = self.evaluate()
                 runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
@@ -465,6 +479,13 @@ class Trainer:
                 self.callback(step, row)
         bar.close()
         return runs.Run(self.run_dir)
+
+
+def _fault_point(point: str, step: int) -> None:
+    """Fault injection for the crash-safety tests: ``WORKBENCH_FAULT=point@step`` kills the
+    process here with SIGKILL (no clean-up, as a power cut or the OOM killer would)."""
+    if os.environ.get("WORKBENCH_FAULT") == f"{point}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _sha256(path: Path) -> str:

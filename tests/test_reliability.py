@@ -1,0 +1,154 @@
+"""Reliability: crashes at any point (SIGKILL), corrupt checkpoints, unsafe pickles,
+non-finite steps and determinism."""
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import workbench.trainer as trainer_mod
+from workbench.models import load_model
+from workbench.runs import load_run
+from workbench.trainer import Trainer, resume, train, verify_checkpoint
+
+TINY_PARAMS = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+               "intermediate_size": 64}
+BASE = dict(model="tiny", model_params=TINY_PARAMS, prompts_per_step=2, group_size=2, max_new_tokens=8,
+            eval_size=4, eval_every=100, save_every=1, log_samples_every=1, algorithm="gtpo",
+            dynamic_sampling=False, keep_checkpoints=3)
+TIME_COLUMNS = {"time_rollout", "time_score", "time_update", "time_step", "tokens_per_s"}
+
+
+def _run_cmd(out: Path, steps: int) -> list[str]:
+    config = {**BASE, "steps": steps, "output_dir": str(out)}
+    code = ("import sys, json; from workbench.trainer import train, resume; from pathlib import Path\n"
+            "c = json.loads(sys.argv[1]); p = Path(c['output_dir'])\n"
+            "(resume(p, progress=False) if (p / 'metrics.jsonl').exists() else train(c, progress=False))")
+    return [sys.executable, "-c", code, json.dumps(config)]
+
+
+def _steps(run) -> list[int]:
+    return [int(s) for s in run.metrics["step"]]
+
+
+@pytest.mark.parametrize("point", ["checkpoint@2", "metrics@3"])
+def test_fault_injected_mid_checkpoint_then_resume(tmp_path, point):
+    out = tmp_path / "run"
+    env = {**os.environ, "WORKBENCH_FAULT": point}
+    res = subprocess.run(_run_cmd(out, 4), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-1000:]
+    env.pop("WORKBENCH_FAULT")
+    res = subprocess.run(_run_cmd(out, 4), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = load_run(out)
+    assert _steps(run) == [1, 2, 3, 4]  # nothing lost, nothing duplicated
+    assert all(verify_checkpoint(c) is None for c in run.checkpoints())
+
+
+def test_sigkill_at_random_times_then_resume(tmp_path):
+    """Kill the training process at random moments (seeded), resume each time, until done."""
+    out = tmp_path / "run"
+    rng = random.Random(0)
+    for attempt in range(3):
+        proc = subprocess.Popen(_run_cmd(out, 6), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 6.0))  # start-up (imports) takes ~3 s, a step ~0.1 s
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if (out / "metrics.jsonl").exists():
+            rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+            steps = [r["step"] for r in rows]
+            assert steps == sorted(set(steps)), f"duplicated or unordered rows after kill {attempt}: {steps}"
+    res = subprocess.run(_run_cmd(out, 6), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _steps(load_run(out)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    run = train({**BASE, "steps": 3, "output_dir": str(tmp_path / "run")}, progress=False)
+    latest = run.latest_checkpoint()
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    assert "checksum" in verify_checkpoint(latest)
+    with pytest.warns(UserWarning, match="skipping checkpoint .*step_000003.*checksum"):
+        t = Trainer({**BASE, "steps": 3, "output_dir": str(run.path)}, resume=True, progress=False)
+    assert t.step == 2
+    t.train()
+    assert _steps(load_run(run.path)) == [1, 2, 3]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_pickle(path: Path, marker: Path) -> None:
+    payload = _Payload()
+    payload.marker = marker
+    with open(path, "wb") as f:
+        pickle.dump(payload, f)
+
+
+def test_malicious_trainer_state_is_refused_and_not_executed(tmp_path):
+    run = train({**BASE, "steps": 2, "output_dir": str(tmp_path / "run")}, progress=False)
+    marker = tmp_path / "pwned"
+    latest = run.latest_checkpoint()
+    _malicious_pickle(latest / "trainer_state.pt", marker)
+    meta = json.loads((latest / "checkpoint.json").read_text())  # an attacker also fixes the checksum
+    meta["files"]["trainer_state.pt"] = trainer_mod._sha256(latest / "trainer_state.pt")
+    (latest / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="refusing checkpoint .*not a plain tensor file"):
+        t = Trainer({**BASE, "steps": 2, "output_dir": str(run.path)}, resume=True, progress=False)
+    assert not marker.exists()
+    assert t.step == 1  # fell back to the previous, intact checkpoint
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    _malicious_pickle(model_dir / "pytorch_model.bin", marker)
+    with pytest.raises(ValueError, match="no .safetensors weights; pickle-based weights"):
+        load_model(model_dir)
+    assert not marker.exists()
+
+
+def test_trust_remote_code_warns(tmp_path):
+    with pytest.warns(UserWarning, match="trust_remote_code=True"):
+        load_model(Path(trainer_mod.DEFAULT_INIT), trust_remote_code=True)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    real = trainer_mod.policy_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] in (2,) or calls["n"] >= 4 else loss), metrics
+
+    monkeypatch.setattr(trainer_mod, "policy_loss", flaky)
+    config = {**BASE, "steps": 10, "max_bad_steps": 3, "output_dir": str(tmp_path / "run")}
+    t = Trainer(config, progress=False)
+    with pytest.raises(FloatingPointError, match="3 consecutive updates had a non-finite loss"):
+        t.train()
+    m = load_run(tmp_path / "run").metrics
+    assert list(m["skipped_updates"])[:3] == [0, 1, 1]
+    assert t.skipped_updates == 4
+    assert all(torch.isfinite(p).all() for p in t.unwrapped.parameters())
+    assert load_run(tmp_path / "run").latest_checkpoint() is not None
+
+
+def test_same_seed_same_metrics_bitwise(tmp_path):
+    a = train({**BASE, "steps": 3, "output_dir": str(tmp_path / "a")}, progress=False).metrics
+    b = train({**BASE, "steps": 3, "output_dir": str(tmp_path / "b")}, progress=False).metrics
+    cols = [c for c in a.columns if c not in TIME_COLUMNS]
+    assert a[cols].equals(b[cols])
