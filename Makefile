@@ -7,7 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test clean
+NOTEBOOK_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg
+
+.PHONY: install browser-deps run train demo test clean
 
 # torch comes first and pinned: the CPU wheel on disk, never a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -19,13 +21,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's chromium and Playwright's Python package, for the real-browser notebook check.
+browser-deps: install
+	bash scripts/install_browser.sh $(VENV)
+
 demo: install
 	$(PY) -m workbench demo
 
-run: demo
+# The main job: JupyterLab on the tutorial (localhost only).
+run: install
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 notebooks/01_token_level_credit.ipynb
 
-test: install
-	$(PY) -m pytest
+# Train GTPO on the embedded default from the shipped warm start.
+train: install
+	$(PY) -m workbench train --algorithm gtpo --steps 100 --prompts-per-step 32 --lr 1e-4 \
+		--output-dir runs/gtpo-default --overwrite
+
+test: install browser-deps
+	WORKBENCH_FAST=1 $(PY) -m pytest tests notebooks $(NOTEBOOK_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
