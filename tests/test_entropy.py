@@ -132,3 +132,60 @@ def test_from_model_matches_manual_shift():
     torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="response_len"):
         token_stats_from_model(model, ids, response_len=10)
+
+
+# ---------------------------------------------------------------- hidden-state path (no full logits)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 64])
+def test_from_hidden_equals_reference_with_gradients(chunk_size):
+    from workbench.entropy import token_stats_from_hidden
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 5, 8, generator=g).requires_grad_()
+    W = torch.randn(30, 8, generator=g).requires_grad_()
+    tok = torch.randint(0, 30, (2, 5), generator=g)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    gl, ge = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    lp, en = token_stats_from_hidden(h, W, tok, mask, chunk_size=chunk_size, temperature=0.7, entropy_grad=True)
+    (lp * gl + en * ge).sum().backward()
+    h2, W2 = h.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    ref_lp, ref_en = reference(h2 @ W2.T, tok, 0.7)
+    m = mask.double()
+    ((ref_lp * gl * m) + (ref_en * ge * m)).sum().backward()
+    torch.testing.assert_close(lp.double(), ref_lp * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(en.double(), ref_en * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.grad.double(), h2.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(W.grad.double(), W2.grad, atol=1e-5, rtol=0)
+
+
+def test_from_hidden_entropy_detached_by_default_and_errors():
+    from workbench.entropy import token_stats_from_hidden
+
+    h = torch.randn(1, 3, 4, requires_grad=True)
+    W = torch.randn(6, 4)
+    lp, en = token_stats_from_hidden(h, W, torch.tensor([[0, 1, 5]]))
+    assert lp.requires_grad and not en.requires_grad
+    with pytest.raises(ValueError, match=r"weight has shape \(6, 5\), expected \[V, 4\]"):
+        token_stats_from_hidden(h, torch.randn(6, 5), torch.tensor([[0, 1, 5]]))
+    with pytest.raises(ValueError, match="outside"):
+        token_stats_from_hidden(h, W, torch.tensor([[0, 1, 6]]))
+
+
+def test_from_model_hidden_and_logits_paths_agree():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(cfg)
+    ids = torch.randint(1, 20, (2, 9))
+    attn = torch.ones_like(ids)
+    attn[0, :2] = 0  # left padding
+    a = token_stats_from_model(model, ids, attn, response_len=5, method="hidden")
+    b = token_stats_from_model(model, ids, attn, response_len=5, method="logits")
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        token_stats_from_model(model, ids, method="fused")

@@ -15,7 +15,7 @@ from . import _checks
 
 DEFAULT_CHUNK_SIZE = 1024
 
-__all__ = ["token_stats", "token_stats_from_model", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["token_stats", "token_stats_from_hidden", "token_stats_from_model", "DEFAULT_CHUNK_SIZE"]
 
 
 def _chunk_stats(z_chunk: torch.Tensor, tok_chunk: torch.Tensor, temperature: float):
@@ -94,6 +94,120 @@ def token_stats(
     return logprobs, entropies
 
 
+class _LinearTokenStats(torch.autograd.Function):
+    """Log-probs and entropies from hidden states and the LM-head weight, chunk by chunk.
+
+    Forward and backward recompute ``hidden @ weight.T`` one chunk of rows at a time, so the
+    ``[N, V]`` logits never exist whole, in any precision. Backward (closed form, as verl's
+    ``FusedLinearForPPO``): with ``z`` the scaled logits, ``p = softmax(z)``,
+    ``dz = g_logp * (onehot - p) - g_H * p * (log p + H)``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, chunk_size):
+        N = hidden.shape[0]
+        logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        ent = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        for start in range(0, N, chunk_size):
+            rows = slice(start, start + chunk_size)
+            z = (hidden[rows] @ weight.T).float() / temperature
+            lse_c = z.logsumexp(-1)
+            logp_all = z - lse_c[:, None]
+            p = logp_all.exp()
+            plogp = torch.where(p > 0, p * logp_all, torch.zeros((), dtype=z.dtype, device=z.device))
+            lse[rows] = lse_c
+            logp[rows] = logp_all.gather(-1, tokens[rows, None]).squeeze(-1)
+            ent[rows] = -plogp.sum(-1)
+        ctx.save_for_backward(hidden, weight, tokens, lse, ent)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent):
+        hidden, weight, tokens, lse, ent = ctx.saved_tensors
+        T, chunk = ctx.temperature, ctx.chunk_size
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            z = (hidden[rows] @ weight.T).float() / T
+            logp_all = z - lse[rows, None]
+            p = logp_all.exp()
+            dz = torch.zeros_like(z)
+            if grad_logp is not None:
+                dz -= grad_logp[rows, None] * p
+                dz.scatter_add_(-1, tokens[rows, None], grad_logp[rows, None])
+            if grad_ent is not None:
+                plogp = torch.where(p > 0, p * (logp_all + ent[rows, None]), torch.zeros((), dtype=z.dtype, device=z.device))
+                dz -= grad_ent[rows, None] * plogp
+            dz /= T
+            if grad_hidden is not None:
+                grad_hidden[rows] = (dz @ weight.float()).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += dz.T @ hidden[rows].float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+
+def token_stats_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_stats` of ``logits = hidden @ weight.T`` without ever holding those logits.
+
+    ``hidden [B, T, H]`` are the final hidden states that produced ``tokens [B, T]``,
+    ``weight [V, H]`` the LM head (no bias). Only ``chunk_size x V`` logits exist at a time,
+    in the forward and the backward pass; gradients reach ``hidden`` and ``weight``.
+    """
+    hidden = _checks.tensor("hidden", hidden)
+    weight = _checks.tensor("weight", weight)
+    tokens = _checks.tensor("tokens", tokens)
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [V, {hidden.shape[2]}]")
+    if tuple(tokens.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected hidden.shape[:2] = {tuple(hidden.shape[:2])}")
+    _checks.positive("temperature", temperature)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, T, _ = hidden.shape
+    V = weight.shape[0]
+    m = torch.ones(B, T, dtype=torch.bool, device=hidden.device) if mask is None else _checks.mask("mask", mask, (B, T)).to(hidden.device)
+    bad = m & ((tokens < 0) | (tokens >= V))
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"tokens has an id outside [0, {V}) at valid position {idx}")
+    flat_tok = torch.where(m, tokens, torch.zeros_like(tokens)).reshape(-1).long()
+    logp, ent = _LinearTokenStats.apply(hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size)
+    if not entropy_grad:
+        ent = ent.detach()
+    zero = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    logprobs = torch.where(m, logp.reshape(B, T), zero)
+    entropies = torch.where(m, ent.reshape(B, T), zero)
+    _checks.finite("logprobs (non-finite hidden states or weight)", logprobs.detach(), where=m)
+    _checks.finite("entropies (non-finite hidden states or weight)", entropies.detach(), where=m)
+    return logprobs, entropies
+
+
+def _linear_head(model):
+    """``(decoder, lm_head_weight)`` when logits are exactly ``decoder(...) @ weight.T``, else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = getattr(model, "model", None)
+    config = getattr(model, "config", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or decoder is None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None  # logits are not a plain linear map of the hidden states
+    return decoder, head.weight
+
+
 def token_stats_from_model(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -104,6 +218,7 @@ def token_stats_from_model(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a causal LM on ``input_ids [B, L]`` and return stats of its last ``response_len`` tokens.
 
@@ -112,7 +227,14 @@ def token_stats_from_model(
     Returns ``(logprobs, entropies)`` of shape ``[B, response_len]`` aligned with
     ``input_ids[:, -response_len:]`` (default: all but the first token). Gradients flow to the
     log-probabilities when grad mode is on; entropies are detached unless ``entropy_grad``.
+
+    ``method``: ``"hidden"`` runs the decoder and computes the statistics from its final hidden
+    states and the LM-head weight (:func:`token_stats_from_hidden`: no ``[tokens, vocab]``
+    logits are ever held); ``"logits"`` takes the model's logits (:func:`token_stats`);
+    ``"auto"`` (default) uses ``"hidden"`` whenever the logits are a plain linear map of the
+    hidden states (no bias, no soft-capping), else ``"logits"``.
     """
+    _checks.choice("method", method, ("auto", "hidden", "logits"))
     input_ids = _checks.tensor("input_ids", input_ids)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape [B, L], got {tuple(input_ids.shape)}")
@@ -127,12 +249,20 @@ def token_stats_from_model(
         # Left padding: positions must count from the first real token, as in generation.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs["position_ids"] = position_ids
+    tokens = input_ids[:, -response_len:]
+    linear = _linear_head(model) if method != "logits" else None
+    if method == "hidden" and linear is None:
+        raise ValueError("method='hidden' needs a model whose logits are decoder(...) @ lm_head.weight.T")
+    if linear is not None:
+        decoder, weight = linear
+        hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state[:, -(response_len + 1) : -1, :]
+        return token_stats_from_hidden(hidden, weight, tokens, response_mask, temperature=temperature,
+                                       chunk_size=chunk_size, entropy_grad=entropy_grad)
     try:
         out = model(input_ids=input_ids, logits_to_keep=response_len + 1, **kwargs)
     except TypeError:  # models without logits_to_keep
         out = model(input_ids=input_ids, **kwargs)
     logits = out.logits[:, -(response_len + 1) : -1, :]
-    tokens = input_ids[:, -response_len:]
     return token_stats(
         logits, tokens, response_mask, temperature=temperature, chunk_size=chunk_size, entropy_grad=entropy_grad
     )
