@@ -50,6 +50,20 @@ def _warmstart(args) -> int:
     return 0
 
 
+def _study(args) -> int:
+    import shlex
+
+    from .study import describe, run_grid, save_manifest
+
+    settings = [json.loads(s) for s in args.setting] or [{}]
+    base = _overrides(args)
+    table = run_grid(args.root, algorithms=args.algorithms.split(","),
+                     seeds=[int(s) for s in args.seeds.split(",")], settings=settings, base=base)
+    save_manifest(args.root, "python -m workbench " + shlex.join(sys.argv[1:] if args.argv is None else args.argv))
+    print(describe(table, "final_accuracy").to_string(index=False))
+    return 0
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One ``--field`` option per TrainConfig field (dict fields take JSON)."""
     import dataclasses
@@ -101,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("study", help="run a grid of algorithms x seeds x settings (resumable) and summarise it")
+    p.add_argument("--root", required=True, help="directory of the study (runs/ and results.csv)")
+    p.add_argument("--algorithms", default="grpo,dapo,gtpo,grpo_s")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--setting", action="append", default=[], metavar="JSON",
+                   help='TrainConfig overrides of one setting, e.g. \'{"task": "chain", "task_params": {"steps": 8}}\' '
+                        "(repeat for several)")
+    _add_config_options(p)
+    p.set_defaults(func=_study)
+
     p = sub.add_parser("warmstart", help="supervised warm start of the tiny model (rebuilds the shipped checkpoint)")
     p.add_argument("--task", default="addition")
     p.add_argument("--task-params", default="{}", metavar="JSON")
@@ -115,4 +139,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     return args.func(args)

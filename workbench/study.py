@@ -1,0 +1,171 @@
+"""Study driver: a grid of algorithms x seeds x task settings, resumable, one tidy table.
+
+    python -m workbench study --name accuracy --algorithms grpo,dapo,gtpo,grpo_s --seeds 0,1,2,3,4
+
+Each cell is a training run in ``<root>/runs/<setting>/<algorithm>-s<seed>``; a finished cell
+is skipped, a partly finished one resumed, so re-running the same command continues a grid.
+Checkpoints are deleted once a cell finishes (the results keep metrics, evaluations and
+samples). The summary (:func:`summarize`) has one row per run: final and best held-out
+accuracy, area under the accuracy curve, entropy at the start/middle/end, response length,
+and instability events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .trainer import resume, train
+
+__all__ = ["run_grid", "summarize", "summarize_run", "confidence_interval", "paired_comparison"]
+
+ENTROPY_COLLAPSE = 0.05  #: mean token entropy (nats) below which a run counts as collapsed
+ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
+
+# two-sided 95% Student t quantiles for 1..30 degrees of freedom
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+
+
+def setting_label(setting: dict) -> str:
+    """A directory name for a setting: ``task-chain_steps-8`` (task_params flattened)."""
+    flat = {k: v for k, v in setting.items() if k != "task_params"}
+    flat.update(setting.get("task_params", {}))
+    return "_".join(f"{k}-{v}" for k, v in sorted(flat.items()) if not isinstance(v, (dict, list))) or "default"
+
+
+def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = None, progress: bool = True,
+             keep_checkpoints: bool = False) -> pd.DataFrame:
+    """Train every (setting, algorithm, seed) cell not yet finished; return :func:`summarize` of all.
+
+    ``settings`` are dicts of TrainConfig overrides (e.g. ``{"task": "chain", "task_params":
+    {"steps": 8}}``); ``base`` holds the overrides shared by every cell.
+    """
+    root = Path(root)
+    base = dict(base or {})
+    cells = []
+    for setting in settings:
+        for algorithm in algorithms:
+            for seed in seeds:
+                path = root / "runs" / setting_label(setting) / f"{algorithm}-s{seed}"
+                config = {**base, **setting, "algorithm": algorithm, "seed": int(seed), "output_dir": str(path)}
+                cells.append((path, config))
+    for i, (path, config) in enumerate(cells, 1):
+        state = _cell_state(path, config["steps"] if "steps" in config else None)
+        if progress:
+            print(f"[{i}/{len(cells)}] {path.relative_to(root)}: {state}", flush=True)
+        if state == "done":
+            continue
+        if state == "partial":
+            resume(path, progress=progress)
+        else:
+            train(config, progress=progress, overwrite=True)
+        if not keep_checkpoints:
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        (path / "DONE").write_text("ok\n")
+    table = summarize([p for p, _ in cells])
+    table.to_csv(root / "results.csv", index=False)
+    return table
+
+
+def _cell_state(path: Path, steps: int | None) -> str:
+    if (path / "DONE").exists():
+        return "done"
+    run = runs.Run(path)
+    if (path / "config.json").exists() and run.latest_checkpoint() is not None:
+        return "partial"
+    return "new"
+
+
+def summarize_run(run) -> dict:
+    """One row of the results table for a finished run."""
+    run = runs.load_run(run) if not isinstance(run, runs.Run) else run
+    config, m, ev = run.config, run.metrics, run.evals
+    steps = int(config["steps"])
+    acc = ev["greedy_accuracy"].to_numpy() if len(ev) else np.array([np.nan])
+    ev_steps = ev["step"].to_numpy() if len(ev) else np.array([0])
+    auc = float(np.trapezoid(acc, ev_steps) / max(1, ev_steps[-1] - ev_steps[0])) if len(acc) > 1 else float(acc[0])
+    ent = m["entropy"].to_numpy() if "entropy" in m else np.array([np.nan])
+    ent = ent[np.isfinite(ent)] if np.isfinite(ent).any() else ent
+    k = max(1, len(ent) // 10)
+    drops = np.diff(acc) if len(acc) > 1 else np.array([0.0])
+    task_params = config.get("task_params", {})
+    return {
+        "run": str(run.path), "algorithm": config["algorithm"], "seed": config["seed"], "task": config["task"],
+        "chain_steps": task_params.get("steps") if config["task"] == "chain" else None,
+        "steps": steps, "initial_accuracy": float(acc[0]), "final_accuracy": float(acc[-1]),
+        "best_accuracy": float(np.nanmax(acc)), "accuracy_auc": auc,
+        "final_sampled_accuracy": float(ev["sampled_accuracy"].iloc[-1]) if len(ev) else np.nan,
+        "entropy_start": float(np.mean(ent[:k])), "entropy_middle": float(np.mean(ent[len(ent) // 2 - k // 2:][:k])),
+        "entropy_end": float(np.mean(ent[-k:])),
+        "response_len": float(m["response_len_mean"].mean()) if "response_len_mean" in m else np.nan,
+        "grad_norm_max": float(m["grad_norm"].max()) if "grad_norm" in m else np.nan,
+        "nonfinite_steps": int(m["skipped_updates"].max()) if "skipped_updates" in m and len(m) else 0,
+        "entropy_collapse": bool((ent < ENTROPY_COLLAPSE).any()),
+        "accuracy_drops": int((drops < -ACCURACY_DROP).sum()),
+        "seconds": float(m["time_step"].sum()) if "time_step" in m else np.nan,
+    }
+
+
+def summarize(paths) -> pd.DataFrame:
+    return pd.DataFrame([summarize_run(p) for p in paths if (Path(p) / "config.json").exists()])
+
+
+def confidence_interval(values) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% Student-t interval."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) == 1:
+        return float(x[0]), float("nan")
+    t = _T95[min(len(x) - 2, len(_T95) - 1)]
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def paired_comparison(table: pd.DataFrame, metric: str, baseline: str, *, by=("task", "chain_steps")) -> pd.DataFrame:
+    """Per algorithm, the seed-paired difference to ``baseline``: mean, 95% half-width, wins/losses."""
+    rows = []
+    keys = [k for k in by if k in table and table[k].notna().any()]
+    for group_key, group in (table.groupby(keys, dropna=False) if keys else [((), table)]):
+        base = group[group["algorithm"] == baseline].set_index("seed")[metric]
+        for algorithm, sub in group.groupby("algorithm"):
+            if algorithm == baseline:
+                continue
+            diff = (sub.set_index("seed")[metric] - base).dropna()
+            mean, half = confidence_interval(diff)
+            rows.append({**dict(zip(keys, group_key if isinstance(group_key, tuple) else (group_key,))),
+                         "algorithm": algorithm, "baseline": baseline, "metric": metric, "pairs": len(diff),
+                         "mean_difference": mean, "ci95": half, "wins": int((diff > 0).sum()),
+                         "losses": int((diff < 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def describe(table: pd.DataFrame, metric: str, *, by=("task", "chain_steps", "algorithm")) -> pd.DataFrame:
+    """Mean and 95% interval of ``metric`` per group."""
+    keys = [k for k in by if k in table and table[k].notna().any()]
+    rows = []
+    for key, group in table.groupby(keys, dropna=False):
+        mean, half = confidence_interval(group[metric])
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "runs": len(group),
+                     f"{metric}_mean": mean, f"{metric}_ci95": half})
+    return pd.DataFrame(rows)
+
+
+def load_results(root) -> pd.DataFrame:
+    """The stored results table of a study (``<root>/results.csv``)."""
+    path = Path(root) / "results.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no results table at {path}; run the study first")
+    return pd.read_csv(path)
+
+
+def save_manifest(root, command: str, **info) -> None:
+    runs.atomic_write_text(Path(root) / "manifest.json", json.dumps({"command": command, **info}, indent=2))
