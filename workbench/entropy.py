@@ -13,7 +13,16 @@ from torch.utils.checkpoint import checkpoint
 
 from . import _checks
 
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = None  #: rows per chunk; None: as many as fit CHUNK_ELEMENTS
+CHUNK_ELEMENTS = 1 << 24  #: float32 elements of one chunk's logits (64 MiB) when chunk_size is None
+
+
+def _rows_per_chunk(chunk_size: int | None, vocab: int) -> int:
+    if chunk_size is None:
+        return max(1, CHUNK_ELEMENTS // max(1, vocab))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
 
 __all__ = ["token_stats", "token_stats_from_hidden", "token_stats_from_model", "DEFAULT_CHUNK_SIZE"]
 
@@ -37,13 +46,15 @@ def token_stats(
     mask: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities and entropies from ``logits [B, T, V]`` and ``tokens [B, T]``.
 
     ``logits[b, t]`` is the distribution that produced ``tokens[b, t]`` (already shifted).
     Returns ``(logprobs, entropies)``, both ``[B, T]`` float32 and 0 where ``mask`` is false.
+    ``chunk_size`` rows are processed at a time (default: as many as keep one chunk's float32
+    logits within :data:`CHUNK_ELEMENTS`, 64 MiB).
 
     The log-probabilities carry gradients to ``logits``; the entropies are detached weights
     unless ``entropy_grad=True`` (for an entropy bonus in the loss). Rows are processed
@@ -63,9 +74,8 @@ def token_stats(
     if tokens.is_floating_point() or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
     _checks.positive("temperature", temperature)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, T, V = logits.shape
+    chunk_size = _rows_per_chunk(chunk_size, V)
     m = torch.ones(B, T, dtype=torch.bool, device=logits.device) if mask is None else _checks.mask("mask", mask, (B, T)).to(logits.device)
     if V == 0:
         raise ValueError("logits has an empty vocabulary dimension (V = 0)")
@@ -156,7 +166,7 @@ def token_stats_from_hidden(
     mask: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_stats` of ``logits = hidden @ weight.T`` without ever holding those logits.
@@ -175,10 +185,9 @@ def token_stats_from_hidden(
     if tuple(tokens.shape) != tuple(hidden.shape[:2]):
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected hidden.shape[:2] = {tuple(hidden.shape[:2])}")
     _checks.positive("temperature", temperature)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, T, _ = hidden.shape
     V = weight.shape[0]
+    chunk_size = _rows_per_chunk(chunk_size, V)
     m = torch.ones(B, T, dtype=torch.bool, device=hidden.device) if mask is None else _checks.mask("mask", mask, (B, T)).to(hidden.device)
     bad = m & ((tokens < 0) | (tokens >= V))
     if bool(bad.any()):
@@ -216,7 +225,7 @@ def token_stats_from_model(
     response_len: int | None = None,
     response_mask: torch.Tensor | None = None,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
     method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
