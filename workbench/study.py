@@ -110,6 +110,7 @@ def summarize_run(run) -> dict:
         "nonfinite_steps": int(m["skipped_updates"].max()) if "skipped_updates" in m and len(m) else 0,
         "entropy_collapse": bool((ent < ENTROPY_COLLAPSE).any()),
         "accuracy_drops": int((drops < -ACCURACY_DROP).sum()),
+        "generated_tokens": int(m["generated_tokens"].sum()) if "generated_tokens" in m else None,
         "seconds": float(m["time_step"].sum()) if "time_step" in m else np.nan,
     }
 

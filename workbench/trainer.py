@@ -48,7 +48,7 @@ __all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS"]
 METRIC_COLUMNS = (
     "step", "reward", "accuracy", "response_len_mean", "response_len_max", "truncated_frac", "entropy",
     "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "approx_kl", "kl_ref", "grad_norm", "loss",
-    "advantage_abs_mean", "lr", "groups", "frac_zero_std", "sampling_rounds", "skipped_updates",
+    "advantage_abs_mean", "lr", "groups", "frac_zero_std", "sampling_rounds", "generated_tokens", "skipped_updates",
     "time_rollout", "time_score", "time_update", "time_step", "tokens_per_s",
 )
 TIED_KEYS = {"lm_head.weight"}  # not saved when tied to the input embeddings
@@ -189,13 +189,14 @@ class Trainer:
         n = c.group_size
         dynamic = c.resolved("dynamic_sampling")
         kept: list[tuple] = []  # per group: (prompt, example, prompt ids/mask rows, response rows, ...)
-        rounds, zero_std, seen = 0, 0, 0
+        rounds, zero_std, seen, generated = 0, 0, 0, 0
         t0 = time.perf_counter()
         while len(kept) < c.prompts_per_step and rounds < (c.max_sampling_rounds if dynamic else 1):
             examples = self.task.generate("train", c.prompts_per_step, _seed_for(c.seed, step, rounds))
             gen = self._generate([e.prompt for e in examples], n, do_sample=True)
             p_ids, p_mask, resp, r_mask, trunc, texts = (gen.prompt_ids, gen.prompt_mask, gen.response_ids,
                                                          gen.response_mask, gen.truncated, gen.texts)
+            generated += int(gen.response_mask.sum())
             for g, ex in enumerate(examples):
                 rows = slice(g * n, (g + 1) * n)
                 correct = [self.task.reward(ex, t) > 0.5 for t in texts[rows]]
@@ -211,7 +212,7 @@ class Trainer:
         time_rollout = time.perf_counter() - t0
         kept = kept[: c.prompts_per_step]
         stats = {"groups": len(kept), "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
-                 "time_rollout": time_rollout}
+                 "generated_tokens": generated, "time_rollout": time_rollout}
         if not kept:
             return None, stats
         batch = self._collate(kept)
@@ -449,7 +450,7 @@ class Trainer:
             entropy=float(batch.entropies[m].mean()), advantage_abs_mean=float(adv[m].abs().mean()),
             skipped_updates=self.skipped_updates, **{k: v for k, v in metrics.items() if k != "entropy"},
         )
-        row["tokens_per_s"] = float(m.sum()) / stats["time_rollout"]
+        row["tokens_per_s"] = stats["generated_tokens"] / stats["time_rollout"]
         if step == 1 or step % c.log_samples_every == 0:
             self._log_samples(step, batch, adv)
         row["time_step"] = time.perf_counter() - t0
