@@ -28,9 +28,10 @@ browser-deps: install
 demo: install
 	$(PY) -m workbench demo
 
-# The main job: JupyterLab on the tutorial (localhost only).
+# The main job: JupyterLab on the tutorial (localhost only; --allow-root where the shell is root).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 run: install
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 notebooks/01_token_level_credit.ipynb
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 $(ROOT_FLAG) notebooks/01_token_level_credit.ipynb
 
 # Train GTPO on the embedded default from the shipped warm start.
 train: install

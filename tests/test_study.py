@@ -48,3 +48,67 @@ def test_paired_comparison_pairs_by_seed():
 def test_setting_label():
     assert setting_label({}) == "default"
     assert setting_label({"task": "chain", "task_params": {"steps": 8}}) == "steps-8_task-chain"
+
+
+def _fake_run(path, tokens_per_step, eval_steps, accuracies, samples=()):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"algorithm": "grpo", "seed": 0, "task": "addition", "steps": 4}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "generated_tokens": t}) + "\n"
+                                                for s, t in enumerate(tokens_per_step, start=1)))
+    (path / "eval.jsonl").write_text("".join(json.dumps({"step": s, "greedy_accuracy": a}) + "\n"
+                                             for s, a in zip(eval_steps, accuracies)))
+    (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    return path
+
+
+def test_accuracy_at_tokens_interpolates_between_evaluations(tmp_path):
+    from workbench.study import accuracy_at_tokens
+
+    # evals after 0, 2 and 4 steps; tokens used by then: 0, 100+300 = 400, 400+200+200 = 800
+    run = _fake_run(tmp_path / "r", [100, 300, 200, 200], [0, 2, 4], [0.2, 0.6, 0.8])
+    assert accuracy_at_tokens(run, 0) == pytest.approx(0.2)
+    assert accuracy_at_tokens(run, 200) == pytest.approx(0.4)  # halfway to the step-2 eval
+    assert accuracy_at_tokens(run, 600) == pytest.approx(0.7)
+    assert accuracy_at_tokens(run, 800) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="exceeds"):
+        accuracy_at_tokens(run, 801)
+
+
+def test_equal_budget_uses_the_smallest_total(tmp_path):
+    from workbench.study import equal_budget
+
+    a = _fake_run(tmp_path / "a", [100, 100], [0, 2], [0.0, 1.0])
+    b = _fake_run(tmp_path / "b", [200, 200], [0, 2], [0.0, 1.0])
+    table = equal_budget(pd.DataFrame({"run": [str(a), str(b)], "generated_tokens": [200, 400]}))
+    assert table["budget_tokens"].tolist() == [200, 200]
+    assert table["budget_accuracy"].tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_entropy_by_step_top_fraction(tmp_path):
+    from workbench.study import entropy_by_step
+
+    samples = [{"step": 1, "group": 0, "responses": [{"entropies": [1.0, 2.0, 3.0, 4.0, 5.0]},
+                                                      {"entropies": [6.0, 7.0, 8.0, 9.0, 10.0]}]},
+               {"step": 5, "group": 0, "responses": [{"entropies": [0.0, 0.0, 0.0, 1.0, 1.0]}]}]
+    run = _fake_run(tmp_path / "r", [1], [0], [0.0], samples)
+    table = entropy_by_step(run, top=0.2)
+    assert table["step"].tolist() == [1, 5]
+    assert table["entropy"].tolist() == pytest.approx([5.5, 0.4])
+    assert table["entropy_top20"].tolist() == pytest.approx([9.5, 1.0])  # top 2 of 10, top 1 of 5
+    with pytest.raises(ValueError, match="top"):
+        entropy_by_step(run, top=0)
+
+
+def test_load_results_finds_runs_from_any_working_directory(tmp_path, monkeypatch):
+    from workbench.study import load_results
+
+    root = tmp_path / "study"
+    run = _fake_run(root / "runs" / "default" / "grpo-s0", [10], [0], [0.5])
+    pd.DataFrame({"run": ["somewhere/else/runs/default/grpo-s0"], "final_accuracy": [0.5]}).to_csv(
+        root / "results.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    table = load_results("study")
+    assert table["run"].tolist() == [str(root.relative_to(tmp_path) / "runs" / "default" / "grpo-s0")]
+    assert (tmp_path / table["run"][0] / "config.json").exists() and run.exists()

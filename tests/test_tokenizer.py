@@ -38,3 +38,18 @@ def test_special_tokens_and_unknown_chars():
     assert tok.decode(ids, skip_special_tokens=True) == "12"
     batch = tok(["1", "123"], padding=True, add_special_tokens=False)
     assert batch["input_ids"][0][:2] == [0, 0] and batch["attention_mask"][0] == [0, 0, 1]
+
+
+def test_a_saved_model_checkpoint_keeps_spaces_and_newlines(tmp_path):
+    # AutoTokenizer alone re-reads the tokenizer as Qwen2Tokenizer and drops whitespace.
+    from workbench.models import build_tiny_model, load_model, save_model
+
+    tok = build_char_tokenizer()
+    save_model(build_tiny_model(tok, num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                num_attention_heads=2, num_key_value_heads=1), tok, tmp_path / "m")
+    _, loaded = load_model(tmp_path / "m")
+    text = "What is 12 + 3?\nAnswer: 15"
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert len(loaded(text)["input_ids"]) == len(text)
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    assert loaded.padding_side == "left"

@@ -129,3 +129,17 @@ def test_bad_input_errors(tmp_path):
     train(cfg(tmp_path, steps=1, eval_every=5), progress=False)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(cfg(tmp_path, steps=1), progress=False)
+
+
+def test_format_prompts_uses_a_chat_template_only_when_present():
+    from workbench.generation import format_prompts
+    from workbench.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    assert format_prompts(tok, ["1+2="]) == ["1+2="]  # no template: prompts unchanged
+    with pytest.raises(ValueError, match="no chat template"):
+        format_prompts(tok, ["1+2="], chat_template=True)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}" \
+                        "{% if add_generation_prompt %}<a>{% endif %}"
+    assert format_prompts(tok, ["1+2="]) == ["<user>1+2=<a>"]
+    assert format_prompts(tok, ["1+2="], chat_template=False) == ["1+2="]

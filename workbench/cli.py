@@ -42,7 +42,8 @@ def _train(args) -> int:
 def _warmstart(args) -> int:
     from .warmstart import warm_start
 
-    kwargs = {k: v for k, v in vars(args).items() if k in ("task", "seed", "target_accuracy", "max_steps", "out")}
+    kwargs = {k: v for k, v in vars(args).items() if k in ("task", "seed", "target_accuracy", "max_steps", "out",
+                                                            "eval_size", "eval_every")}
     kwargs["task_params"] = json.loads(args.task_params)
     if kwargs["out"] is None:
         del kwargs["out"]
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-accuracy", type=float, default=0.2)
     p.add_argument("--max-steps", type=int, default=3000)
+    p.add_argument("--eval-every", type=int, default=25, help="SFT steps between accuracy checks")
+    p.add_argument("--eval-size", type=int, default=256, help="held-out problems per accuracy check")
     p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path)")
     p.set_defaults(func=_warmstart)
     return parser

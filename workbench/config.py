@@ -32,6 +32,7 @@ class TrainConfig:
     model: str = "default"  #: "default" (shipped warm start), "tiny" (fresh tiny model) or a local path
     model_params: dict = field(default_factory=dict)  #: Qwen2Config overrides for model="tiny"
     trust_remote_code: bool = False
+    chat_template: bool | None = None  #: wrap prompts in the tokenizer's chat template (None: when it has one)
     # algorithm knobs (None: the algorithm's default)
     advantage_kwargs: dict = field(default_factory=dict)  #: e.g. {"alpha2": 0.2, "normalize": "per_polarity"}
     eps_low: float | None = None

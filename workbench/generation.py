@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generated", "generate", "accuracy"]
+__all__ = ["Generated", "format_prompts", "generate", "accuracy"]
 
 
 @dataclass
@@ -22,6 +22,25 @@ class Generated:
     response_mask: torch.Tensor  # [B, T] bool: tokens up to and including the first EOS
     truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
     texts: list[str]  # decoded responses, special tokens removed
+
+
+def format_prompts(tokenizer, prompts: list[str], chat_template: bool | None = None) -> list[str]:
+    """Wrap each prompt as one user turn of ``tokenizer``'s chat template, with the generation prompt.
+
+    ``chat_template=None`` uses the template when the tokenizer has one (a local instruct
+    checkpoint), and leaves plain prompts alone otherwise (the shipped character-level model);
+    ``True`` requires one and raises a ``ValueError`` naming the problem when there is none.
+    """
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template is None:
+        chat_template = has
+    if not chat_template:
+        return list(prompts)
+    if not has:
+        raise ValueError("chat_template=True but the tokenizer has no chat template; "
+                         "set chat_template to false or use a checkpoint whose tokenizer_config.json has one")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
 
 
 @torch.no_grad()

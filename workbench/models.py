@@ -7,13 +7,15 @@ unless the caller turns it on explicitly).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 __all__ = ["TINY_DEFAULTS", "build_tiny_model", "load_model", "save_model", "count_parameters", "quiet_hub_bars"]
 
@@ -75,7 +77,7 @@ def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
     if trust_remote_code:
         warnings.warn(f"trust_remote_code=True: code shipped in {path} will run", stacklevel=2)
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = _load_tokenizer(path, kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -84,6 +86,24 @@ def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+#: Tokenizers saved from a plain ``tokenizers`` object. AutoTokenizer would re-read them as the
+#: model type's own class (Qwen2Tokenizer for the tiny model), which rebuilds the pre-tokenizer
+#: and silently drops spaces and newlines; they load as the generic fast tokenizer instead.
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(path: Path, kwargs: dict):
+    config_file = path / "tokenizer_config.json"
+    if config_file.is_file() and (path / "tokenizer.json").is_file():
+        try:
+            cls = json.loads(config_file.read_text()).get("tokenizer_class")
+        except (json.JSONDecodeError, AttributeError):
+            cls = None
+        if cls in _GENERIC_TOKENIZERS:
+            return PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
 def save_model(model, tokenizer, path) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["FAST", "size", "runs_root", "setup_plotly"]
+__all__ = ["FAST", "PROJECT_ROOT", "size", "runs_root", "setup_plotly"]
 
 
 def _flag(value: str | None) -> bool:
@@ -25,9 +25,16 @@ def size(full, fast):
     return fast if FAST else full
 
 
+#: The checkout the package runs from (``make install`` installs it editable), when there is one.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 def runs_root(name: str = "") -> Path:
-    """Where notebooks write their runs: ``runs/notebooks/<name>`` (``runs/ci/...`` at fast size)."""
-    root = Path(os.environ.get("WORKBENCH_RUNS", "runs")) / ("ci" if FAST else "notebooks")
+    """Where notebooks write their runs: ``<project>/runs/notebooks/<name>`` (``runs/ci/...`` at
+    fast size); ``WORKBENCH_RUNS`` moves the whole tree."""
+    base = os.environ.get("WORKBENCH_RUNS") or (
+        PROJECT_ROOT / "runs" if (PROJECT_ROOT / "pyproject.toml").is_file() else Path("runs"))
+    root = Path(base) / ("ci" if FAST else "notebooks")
     return root / name if name else root
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 from . import runs
 from .trainer import resume, train
 
-__all__ = ["run_grid", "summarize", "summarize_run", "confidence_interval", "paired_comparison"]
+__all__ = ["run_grid", "summarize", "summarize_run", "confidence_interval", "paired_comparison", "describe",
+           "load_results", "accuracy_at_tokens", "equal_budget", "entropy_by_step"]
 
 ENTROPY_COLLAPSE = 0.05  #: mean token entropy (nats) below which a run counts as collapsed
 ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
@@ -35,8 +36,9 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def setting_label(setting: dict) -> str:
-    """A directory name for a setting: ``task-chain_steps-8`` (task_params flattened)."""
-    flat = {k: v for k, v in setting.items() if k != "task_params"}
+    """A directory name for a setting: ``task-chain_steps-8`` (task_params flattened; the model
+    path and other path-like values are left out of the name, they are in each run's config)."""
+    flat = {k: v for k, v in setting.items() if k not in ("task_params", "model") and "/" not in str(v)}
     flat.update(setting.get("task_params", {}))
     return "_".join(f"{k}-{v}" for k, v in sorted(flat.items()) if not isinstance(v, (dict, list))) or "default"
 
@@ -119,6 +121,57 @@ def summarize(paths) -> pd.DataFrame:
     return pd.DataFrame([summarize_run(p) for p in paths if (Path(p) / "config.json").exists()])
 
 
+def _as_run(run) -> runs.Run:
+    return runs.load_run(run) if not isinstance(run, runs.Run) else run
+
+
+def accuracy_at_tokens(run, tokens: float, metric: str = "greedy_accuracy") -> float:
+    """Held-out ``metric`` of ``run`` after it had generated ``tokens`` rollout tokens.
+
+    Evaluation at step ``s`` follows training steps ``1..s``; its token count is their summed
+    ``generated_tokens`` (dynamic-sampling rounds included). Linear interpolation between
+    evaluations; a budget beyond the run's total raises ``ValueError`` (no extrapolation).
+    """
+    run = _as_run(run)
+    m, ev = run.metrics, run.evals
+    if "generated_tokens" not in m or not len(ev):
+        raise ValueError(f"{run.path}: needs generated_tokens in metrics.jsonl and evaluations in eval.jsonl")
+    cumulative = m.set_index("step")["generated_tokens"].sort_index().cumsum()
+    used = np.array([float(cumulative.loc[:s].iloc[-1]) if s > 0 else 0.0 for s in ev["step"]])
+    if tokens > used[-1] * (1 + 1e-9):
+        raise ValueError(f"{run.path}: budget {tokens:.0f} exceeds the run's {used[-1]:.0f} generated tokens")
+    return float(np.interp(tokens, used, ev[metric].to_numpy()))
+
+
+def equal_budget(table: pd.DataFrame, tokens: float | None = None, metric: str = "greedy_accuracy") -> pd.DataFrame:
+    """``table`` (from :func:`summarize`) with ``budget_accuracy``: each run's ``metric`` at the
+    same number of generated tokens, by default the smallest total of any run in the table."""
+    if tokens is None:
+        tokens = float(table["generated_tokens"].min())
+    out = table.copy()
+    out["budget_tokens"] = tokens
+    out["budget_accuracy"] = [accuracy_at_tokens(r, tokens, metric) for r in table["run"]]
+    return out
+
+
+def entropy_by_step(run, top: float = 0.2) -> pd.DataFrame:
+    """Per logged step of ``samples.jsonl``: mean token entropy of all sampled tokens and of the
+    ``top`` fraction with the highest entropy (the "forking" tokens)."""
+    if not 0 < top <= 1:
+        raise ValueError(f"top must be in (0, 1], got {top!r}")
+    run = _as_run(run)
+    rows = {}
+    for record in run.samples:
+        rows.setdefault(record["step"], []).extend(h for r in record["responses"] for h in r["entropies"])
+    out = []
+    for step, values in sorted(rows.items()):
+        v = np.sort(np.asarray(values, dtype=float))[::-1]
+        k = max(1, int(round(top * len(v))))
+        out.append({"step": step, "entropy": float(v.mean()), f"entropy_top{round(top * 100)}": float(v[:k].mean()),
+                    "tokens": len(v)})
+    return pd.DataFrame(out)
+
+
 def confidence_interval(values) -> tuple[float, float]:
     """Mean and the half-width of its two-sided 95% Student-t interval."""
     x = np.asarray(values, dtype=float)
@@ -162,10 +215,16 @@ def describe(table: pd.DataFrame, metric: str, *, by=("task", "chain_steps", "al
 
 def load_results(root) -> pd.DataFrame:
     """The stored results table of a study (``<root>/results.csv``)."""
-    path = Path(root) / "results.csv"
+    root = Path(root)
+    path = root / "results.csv"
     if not path.exists():
         raise FileNotFoundError(f"no results table at {path}; run the study first")
-    return pd.read_csv(path)
+    table = pd.read_csv(path)
+    # Run paths are stored as the study saw them; re-anchor them at this root, so a study
+    # read from another working directory or another checkout finds its runs.
+    table["run"] = [str(root / Path(*Path(r).parts[-3:])) if Path(r).parts[-3:-2] == ("runs",) else r
+                    for r in table["run"]]
+    return table
 
 
 def save_manifest(root, command: str, **info) -> None:

@@ -37,7 +37,8 @@ from . import runs
 from .algorithms import ALGORITHMS
 from .config import DEFAULT_INIT, TrainConfig
 from .entropy import token_stats_from_model
-from .generation import Generated, generate
+from .analysis import response_record
+from .generation import Generated, format_prompts, generate
 from .losses import policy_loss
 from .models import build_tiny_model, load_model, quiet_hub_bars
 from .rewards import grop_penalty, overlong_penalty
@@ -172,6 +173,7 @@ class Trainer:
 
     def _generate(self, prompts: list[str], n: int, *, do_sample: bool) -> Generated:
         c = self.config
+        prompts = format_prompts(self.tokenizer, prompts, c.chat_template)
         return generate(self.unwrapped, self.tokenizer, prompts, n=n, max_new_tokens=c.max_new_tokens,
                         do_sample=do_sample, temperature=c.temperature, top_p=c.top_p,
                         autocast=self.accelerator.autocast())
@@ -352,15 +354,9 @@ class Trainer:
             for i in range(g * n, (g + 1) * n):
                 m = batch.response_mask[i]
                 ids = batch.input_ids[i, -m.shape[0]:][m].tolist()
-                responses.append({
-                    "text": batch.texts[i],
-                    "tokens": [self.tokenizer.decode([t]) for t in ids],
-                    "entropies": [round(float(x), 5) for x in batch.entropies[i][m]],
-                    "logprobs": [round(float(x), 5) for x in batch.old_logp[i][m]],
-                    "advantages": [round(float(x), 5) for x in advantages[i][m]],
-                    "reward": float(batch.rewards[i]),
-                    "correct": bool(batch.correct[i]),
-                })
+                responses.append(response_record(
+                    self.tokenizer, ids, batch.entropies[i][m], batch.old_logp[i][m], advantages[i][m],
+                    text=batch.texts[i], reward=float(batch.rewards[i]), correct=bool(batch.correct[i])))
             runs.append_jsonl(self.run_dir / "samples.jsonl", {
                 "step": step, "group": g, "prompt": batch.prompts[g], "algorithm": self.config.algorithm,
                 "responses": responses})

@@ -46,16 +46,19 @@ def sft_batch(tokenizer, examples, device="cpu"):
 
 def warm_start(*, task: str = "addition", task_params: dict | None = None, max_steps: int = 3000,
                batch_size: int = 64, lr: float = 1e-3, seed: int = 0, target_accuracy: float = 0.2,
-               min_steps: int = 100, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int = 16,
+               min_steps: int = 100, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int | None = None,
                model_params: dict | None = None, out: str | Path = DEFAULT_INIT, progress: bool = True) -> dict:
     """Train a fresh tiny model on worked solutions; save it to ``out`` once it reaches the target.
 
+    ``max_new_tokens`` for the accuracy checks defaults to the task's ``max_response_tokens``.
     Returns a summary dict (also written to ``out/warmstart.json``).
     """
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     torch.manual_seed(seed)
     t = get_task(task, **(task_params or {}))
+    if max_new_tokens is None:
+        max_new_tokens = t.max_response_tokens
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed, **(model_params or {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -81,6 +84,10 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         "seed": seed, "target_accuracy": target_accuracy, "greedy_accuracy": acc, "eval_size": eval_size,
         "parameters": count_parameters(model), "seconds": round(time.perf_counter() - start, 1),
         "command": (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
+                    + (f" --task-params '{json.dumps(task_params)}'" if task_params else "")
+                    + (f" --max-steps {max_steps}" if max_steps != 3000 else "")
+                    + (f" --eval-every {eval_every}" if eval_every != 25 else "")
+                    + (f" --eval-size {eval_size}" if eval_size != 256 else "")
                     + ("" if str(out) == DEFAULT_INIT else f" --out {out}")),
     }
     path = save_model(model, tokenizer, out)

@@ -34,6 +34,8 @@ class Task:
     """A verifiable task: generate examples, extract and check final answers."""
 
     name = "task"
+    #: A ``max_new_tokens`` that fits every worked solution (tasks with long solutions override it).
+    max_response_tokens: int = 16
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         raise NotImplementedError

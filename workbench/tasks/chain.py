@@ -2,7 +2,7 @@
 
 ``7+3*2-5=`` → ``7+3=10;10*2=20;20-5=15;|15``. Every value is kept in [0, 100) (results are
 taken modulo 100), so each step is at most 9 characters: ``steps`` is the dial from short
-(4 steps ≈ 30 characters of reasoning) to long (64 steps ≥ 500).
+(4 steps ≈ 30 characters of reasoning) to long (70 steps ≥ 500).
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ class Chain(Task):
         if not 0 < eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
         self.steps, self.max_operand, self.eval_fraction = steps, max_operand, eval_fraction
+
+    @property
+    def max_response_tokens(self) -> int:
+        """Characters (= tokens of the character-level tokenizer) of the longest worked
+        solution, EOS included: ``9`` per step (``99*99=1;``), then ``|`` and two digits."""
+        return 9 * self.steps + 4
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         self._check_split(split, n)

@@ -1,14 +1,15 @@
 """A user's own problems: a JSONL file of ``{"question": ..., "answer": ...}`` lines.
 
-The prompt is ``question + "\\n"``; the worked completion is the line's optional
-``"solution"`` field (else nothing) followed by ``|`` and the answer. Answers are checked with
-``math-verify`` (the ecosystem's verifier: ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``), falling
+The prompt is ``question + suffix`` (``suffix="\\n"`` by default); the worked completion is
+the line's optional ``"solution"`` field (else nothing) followed by ``|`` and the answer.
+Answers are checked with ``math-verify`` (the ecosystem's verifier: ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``), falling
 back to an exact match of the stripped text when either side cannot be parsed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -17,8 +18,21 @@ from .base import SEPARATOR, Example, Task, in_eval_split, register_task
 MAX_LINE_BYTES = 1 << 20
 
 
+class _NoTimeoutNotice(logging.Filter):
+    """math-verify logs a warning on every call made without its signal-based timeouts, which
+    the workbench turns off (they fail outside the main thread, e.g. in a notebook widget)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
 def _verify(gold: str, answer: str) -> bool:
     from math_verify import parse, verify
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTimeoutNotice) for f in logger.filters):
+            logger.addFilter(_NoTimeoutNotice())
 
     try:
         g, a = parse(gold, parsing_timeout=None), parse(answer, parsing_timeout=None)
@@ -36,10 +50,12 @@ class JsonlTask(Task):
 
     name = "jsonl"
 
-    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2):
+    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2, suffix: str = "\n"):
         if not 0 < eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
-        self.path, self.lenient, self.eval_fraction = Path(path), lenient, eval_fraction
+        if not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a string, got {type(suffix).__name__}")
+        self.path, self.lenient, self.eval_fraction, self.suffix = Path(path), lenient, eval_fraction, suffix
         self.skipped: list[tuple[int, str]] = []
         self.examples = self._load()
         self.splits = {"train": [], "eval": []}
@@ -57,7 +73,7 @@ class JsonlTask(Task):
         with open(self.path, "rb") as f:
             for number, raw in enumerate(f, start=1):
                 try:
-                    example = self._parse(raw)
+                    example = self._parse(raw, self.suffix)
                 except ValueError as e:
                     if not self.lenient:
                         raise ValueError(f"{self.path}: line {number}: {e}") from None
@@ -68,7 +84,7 @@ class JsonlTask(Task):
         return out
 
     @staticmethod
-    def _parse(raw: bytes) -> Example | None:
+    def _parse(raw: bytes, suffix: str = "\n") -> Example | None:
         if len(raw) > MAX_LINE_BYTES:
             raise ValueError(f"line is too long ({len(raw)} bytes > {MAX_LINE_BYTES})")
         try:
@@ -98,7 +114,7 @@ class JsonlTask(Task):
         solution = row.get("solution", "")
         if not isinstance(solution, str):
             raise ValueError("field 'solution' must be a string")
-        return Example(question + "\n", answer.strip(), solution + SEPARATOR + answer.strip())
+        return Example(question + suffix, answer.strip(), solution + SEPARATOR + answer.strip())
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         """``n`` examples of the split, shuffled by ``seed`` (cycled when ``n`` exceeds it)."""

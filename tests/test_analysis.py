@@ -1,0 +1,57 @@
+"""rollout_records: a loaded model's groups as samples.jsonl records, consistent with the library."""
+
+import math
+
+import pytest
+import torch
+
+from workbench import advantages as adv
+from workbench.analysis import rollout_records
+from workbench.config import DEFAULT_INIT
+from workbench.models import load_model
+from workbench.tasks import get_task
+from workbench.viz import as_group, entropy_distribution
+
+
+@pytest.fixture(scope="module")
+def records():
+    model, tokenizer = load_model(DEFAULT_INIT)
+    return rollout_records(model, tokenizer, get_task("addition"), prompts=3, n=4, seed=1)
+
+
+def test_records_have_the_trainer_schema(records):
+    assert [r["group"] for r in records] == [0, 1, 2]
+    task = get_task("addition")
+    prompts = [e.prompt for e in task.generate("eval", 3, 1)]
+    assert [r["prompt"] for r in records] == prompts
+    for record in records:
+        assert len(record["responses"]) == 4
+        for resp in record["responses"]:
+            T = len(resp["tokens"])
+            assert T >= 1 and len(resp["entropies"]) == len(resp["logprobs"]) == len(resp["advantages"]) == T
+            assert all(0 <= h <= math.log(98) + 1e-4 for h in resp["entropies"])
+            assert all(lp <= 1e-6 for lp in resp["logprobs"])
+            # the stored reward is the task's reward of the stored text
+            example = next(e for e in task.generate("eval", 3, 1) if e.prompt == record["prompt"])
+            assert resp["reward"] == task.reward(example, resp["text"])
+            assert resp["correct"] == (resp["reward"] > 0.5)
+
+
+def test_record_advantages_are_gtpo_of_the_record(records):
+    for record in records:
+        group = as_group(record)
+        rewards, entropies, mask = group.tensors()
+        expected = adv.gtpo(rewards.float(), entropies.float(), mask)
+        for i, resp in enumerate(record["responses"]):
+            got = torch.tensor(resp["advantages"])
+            assert torch.allclose(got, expected[i, : len(got)], atol=2e-4)
+
+
+def test_records_feed_the_figures(records):
+    fig = entropy_distribution(records)
+    assert sum(len(trace.x) for trace in fig.data) == sum(len(r["tokens"]) for rec in records for r in rec["responses"])
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="n >= 2"):
+        rollout_records(None, None, None, prompts=1, n=1)
