@@ -1,0 +1,34 @@
+"""Every benchmark runs at a tiny size, so none of them rots (their real sizes are in benchmarks/README.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(*args, timeout=600):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_token_stats_smoke():
+    out = run(BENCH / "token_stats.py", "--grid", "smoke", "--repeats", "1")
+    for method in ("naive", "chunked", "hidden"):
+        assert method in out
+    assert "time_vs_naive" in out and "memory_vs_naive" in out  # ratios against naive, same run
+
+
+def test_learning_smoke(tmp_path):
+    out = run(BENCH / "learning.py", "--algorithms", "grpo", "--steps", "1", "--prompts-per-step", "2",
+              "--group-size", "2", "--eval-size", "4", "--out", tmp_path)
+    assert "grpo" in out
+
+
+def test_step_vs_trl_smoke():
+    pytest.importorskip("trl", reason="TRL is the benchmark-only extra: pip install -e '.[bench]'")
+    out = run(BENCH / "step_vs_trl.py", "--smoke")
+    assert "ratio TRL/ours" in out and "ours" in out and "trl" in out
