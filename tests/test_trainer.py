@@ -143,3 +143,30 @@ def test_format_prompts_uses_a_chat_template_only_when_present():
                         "{% if add_generation_prompt %}<a>{% endif %}"
     assert format_prompts(tok, ["1+2="]) == ["<user>1+2=<a>"]
     assert format_prompts(tok, ["1+2="], chat_template=False) == ["1+2="]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gtpo", "grpo_s"])
+def test_fused_on_policy_update_equals_the_two_pass_update(tmp_path, algorithm):
+    # micro_batch_size=0 (default): one forward gives old log-probs, entropies and the loss;
+    # micro_batch_size=B: a separate scoring pass, then the update (one micro-batch of all rows)
+    B = 3 * 4
+    fused = Trainer(warm(tmp_path / "a", algorithm=algorithm, dynamic_sampling=False), progress=False)
+    twopass = Trainer(warm(tmp_path / "b", algorithm=algorithm, dynamic_sampling=False, micro_batch_size=B),
+                      progress=False)
+    assert fused.fused_update and not twopass.fused_update
+    grads = {}
+    for name, trainer in (("fused", fused), ("twopass", twopass)):  # the gradient each optimizer step sees
+        step = trainer.optimizer.step
+
+        def spy(*a, _name=name, _trainer=trainer, _step=step, **k):
+            grads[_name] = [p.grad.detach().clone() for p in _trainer.unwrapped.parameters()]
+            return _step(*a, **k)
+
+        trainer.optimizer.step = spy
+    row_a, row_b = fused.train_step(1), twopass.train_step(1)
+    for key in ("reward", "entropy", "advantage_abs_mean", "policy_loss", "grad_norm"):
+        assert row_a[key] == pytest.approx(row_b[key], rel=1e-4, abs=1e-6), key
+    assert row_a["advantage_abs_mean"] > 0 and row_a["grad_norm"] > 0  # an informative step
+    assert set(grads) == {"fused", "twopass"} and len(grads["fused"]) > 0
+    for g, h in zip(grads["fused"], grads["twopass"]):
+        torch.testing.assert_close(g, h, atol=1e-6, rtol=1e-4)

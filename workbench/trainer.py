@@ -219,8 +219,9 @@ class Trainer:
             return None, stats
         batch = self._collate(kept)
         t1 = time.perf_counter()
-        batch.old_logp, batch.entropies = self._score(self.model, batch.input_ids, batch.attention_mask,
-                                                      batch.response_mask, grad=False)
+        if not self.fused_update:
+            batch.old_logp, batch.entropies = self._score(self.model, batch.input_ids, batch.attention_mask,
+                                                          batch.response_mask, grad=False)
         if self.ref_model is not None:
             batch.ref_logp, _ = self._score(self.ref_model, batch.input_ids, batch.attention_mask,
                                             batch.response_mask, grad=False)
@@ -269,7 +270,24 @@ class Trainer:
                                         batch.response_mask.view(G, n, T), **self.config.advantage_kwargs)
         return adv.view(G * n, T)
 
-    def update(self, batch: Rollout, advantages: torch.Tensor, step: int) -> dict:
+    @property
+    def fused_update(self) -> bool:
+        """One on-policy update over the whole batch (one epoch, one mini-batch, no micro-batches):
+        the behaviour policy is the current one, so its log-probs and entropies come from the
+        update's own forward pass (detached) instead of a separate scoring pass."""
+        c = self.config
+        return c.ppo_epochs == 1 and c.minibatches == 1 and c.micro_batch_size == 0
+
+    def fused_update_step(self, batch: Rollout, step: int) -> tuple[torch.Tensor, dict]:
+        """Forward once with gradients, take old log-probs and entropies from it, compute the
+        advantages, then the loss on the same forward; returns ``(advantages, metrics)``."""
+        self.model.train()
+        logp, ent = self._score(self.model, batch.input_ids, batch.attention_mask, batch.response_mask, grad=True)
+        batch.old_logp, batch.entropies = logp.detach(), ent.detach()
+        advantages = self.advantages(batch)
+        return advantages, self.update(batch, advantages, step, scored=(logp, ent))
+
+    def update(self, batch: Rollout, advantages: torch.Tensor, step: int, scored=None) -> dict:
         c = self.config
         B = advantages.shape[0]
         loss_kwargs = dict(eps_low=c.resolved("eps_low"), eps_high=c.resolved("eps_high"), agg=c.resolved("agg"),
@@ -282,6 +300,8 @@ class Trainer:
         self.model.train()
         for _ in range(c.ppo_epochs):
             order = torch.randperm(B, generator=gen).to(advantages.device)
+            if scored is not None:  # fused: one mini-batch in row order, matching the scored rows
+                order = torch.arange(B, device=advantages.device)
             for mb in order.chunk(c.minibatches):
                 denominator = float(batch.response_mask[mb].sum()) if token_level else float(len(mb))
                 micro = c.micro_batch_size or len(mb)
@@ -292,7 +312,10 @@ class Trainer:
                     ids = batch.input_ids[idx][:, : batch.input_ids.shape[1] - batch.response_mask.shape[1] + T]
                     attn = batch.attention_mask[idx][:, : ids.shape[1]]
                     mask = batch.response_mask[idx][:, :T]
-                    logp, ent = self._score(self.model, ids, attn, mask, grad=True)
+                    if scored is not None:  # the fused update's forward: the whole batch, already scored
+                        logp, ent = scored[0][idx][:, :T], scored[1][idx][:, :T]
+                    else:
+                        logp, ent = self._score(self.model, ids, attn, mask, grad=True)
                     loss, metrics = policy_loss(
                         logp, batch.old_logp[idx][:, :T], advantages[idx][:, :T], mask,
                         logp_ref=None if batch.ref_logp is None else batch.ref_logp[idx][:, :T],
@@ -433,9 +456,12 @@ class Trainer:
             self._scheduler_step()
             row.update(skipped_updates=self.skipped_updates, time_step=time.perf_counter() - t0)
             return row
-        adv = self.advantages(batch)
         t1 = time.perf_counter()
-        metrics = self.update(batch, adv, step)
+        if self.fused_update:
+            adv, metrics = self.fused_update_step(batch, step)
+        else:
+            adv = self.advantages(batch)
+            metrics = self.update(batch, adv, step)
         row["time_update"] = time.perf_counter() - t1
         m = batch.response_mask
         lengths = m.sum(-1).float()

@@ -1,0 +1,1 @@
+"""Bridges to other training engines (optional extras): :mod:`.trl` for TRL's GRPOTrainer."""
