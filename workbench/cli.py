@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -32,6 +33,8 @@ def _train(args) -> int:
     else:
         base = TrainConfig.load(args.config).to_dict(resolve=False) if args.config else {}
         run = train({**base, **overrides}, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch the main process reports
+        return 0
     metrics, evals = run.metrics, run.evals
     print(f"run directory: {run.path}")
     if len(evals):

@@ -13,6 +13,7 @@ mixed precision.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -101,6 +102,13 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision)
+        self.world, self.is_main = self.accelerator.num_processes, self.accelerator.is_main_process
+        if self.world > 1:
+            for name, ok in (("minibatches", c.minibatches == 1), ("micro_batch_size", c.micro_batch_size == 0)):
+                if not ok:
+                    raise ValueError(f"{name}: multi-process training ({self.world} processes) supports one "
+                                     "mini-batch and no micro-batches per update (each process updates on its "
+                                     "share of the groups); set minibatches=1 and micro_batch_size=0")
 
         self.task = get_task(c.task, **c.task_params)
         self.model, self.tokenizer = self._load_model()
@@ -115,6 +123,7 @@ class Trainer:
             self.ref_model.to(self.accelerator.device)
         self.eval_examples = self.task.generate("eval", c.eval_size, EVAL_SEED)
         self.step = 0
+        self.loss_scale = 1.0
         self.bad_steps = 0
         self.skipped_updates = 0
         if resume:
@@ -129,11 +138,14 @@ class Trainer:
             if not overwrite:
                 raise FileExistsError(f"output_dir {str(d)!r} already holds a run: resume it (resume=True), "
                                       "pass overwrite=True, or choose another output_dir")
-            shutil.rmtree(d)
+            if self.is_main:
+                shutil.rmtree(d)
         if resume and not holds_run:
             raise FileNotFoundError(f"nothing to resume in {str(d)!r}: it holds no run")
-        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
-        runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        if self.is_main:  # one writer; the other processes wait for it
+            (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+            runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        self.accelerator.wait_for_everyone()
 
     def _load_model(self):
         c = self.config
@@ -179,6 +191,8 @@ class Trainer:
                         autocast=self.accelerator.autocast())
 
     def _score(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
+        if not grad and model is self.model:
+            model = self.unwrapped  # no DDP forward (and no collective) for a no-grad pass
         T = response_mask.shape[1]
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return token_stats_from_model(model, input_ids, attention_mask, response_len=T,
@@ -270,6 +284,48 @@ class Trainer:
                                         batch.response_mask.view(G, n, T), **self.config.advantage_kwargs)
         return adv.view(G * n, T)
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Finite on every process (they skip an update together, or DDP would wait forever)."""
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.world > 1:
+            finite = self.accelerator.reduce(finite, "min")
+        return bool(finite.item() > 0)
+
+    def _share(self, batch: Rollout, rows: slice | None = None) -> tuple[Rollout, slice]:
+        """This process's whole groups of a replicated rollout batch (contiguous, as even as possible)."""
+        n, G = batch.group_size, batch.rewards.shape[0] // batch.group_size
+        if rows is None:
+            bounds = [round(G * r / self.world) for r in range(self.world + 1)]
+            r = self.accelerator.process_index
+            rows = slice(bounds[r] * n, bounds[r + 1] * n)
+        pick = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+        for name, value in pick.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == G * n:
+                pick[name] = value[rows]
+            elif isinstance(value, list) and len(value) == G * n:
+                pick[name] = value[rows]
+            elif isinstance(value, list) and len(value) == G:
+                pick[name] = value[rows.start // n: rows.stop // n]
+        return Rollout(**pick), rows
+
+    def _reduce_metrics(self, metrics: dict, weight: float) -> dict:
+        """Loss terms (each process's share of a global sum) add up; rates (token means over each
+        process's share) average weighted by its ``weight`` (its valid tokens; 0 when idle)."""
+        names = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        values = [float(metrics[k]) if k in SUMMED_METRICS else float(metrics[k]) * weight for k in names]
+        values = torch.tensor(values + [weight], dtype=torch.float64, device=self.accelerator.device)
+        summed = self.accelerator.reduce(values, "sum")
+        out = dict(metrics)
+        for i, k in enumerate(names):
+            out[k] = float(summed[i]) if k in SUMMED_METRICS else float(summed[i] / summed[-1].clamp(min=1e-12))
+        return out
+
+    def _global_mean(self, values: torch.Tensor) -> float:
+        total = torch.stack([values.sum().float(), torch.tensor(float(values.numel()), device=values.device)])
+        if self.world > 1:
+            total = self.accelerator.reduce(total, "sum")
+        return float(total[0] / total[1].clamp(min=1))
+
     @property
     def fused_update(self) -> bool:
         """One on-policy update over the whole batch (one epoch, one mini-batch, no micro-batches):
@@ -278,16 +334,19 @@ class Trainer:
         c = self.config
         return c.ppo_epochs == 1 and c.minibatches == 1 and c.micro_batch_size == 0
 
-    def fused_update_step(self, batch: Rollout, step: int) -> tuple[torch.Tensor, dict]:
+    def fused_update_step(self, batch: Rollout, step: int, denominator: float | None = None):
         """Forward once with gradients, take old log-probs and entropies from it, compute the
         advantages, then the loss on the same forward; returns ``(advantages, metrics)``."""
         self.model.train()
         logp, ent = self._score(self.model, batch.input_ids, batch.attention_mask, batch.response_mask, grad=True)
         batch.old_logp, batch.entropies = logp.detach(), ent.detach()
         advantages = self.advantages(batch)
-        return advantages, self.update(batch, advantages, step, scored=(logp, ent))
+        return advantages, self.update(batch, advantages, step, scored=(logp, ent), denominator=denominator)
 
-    def update(self, batch: Rollout, advantages: torch.Tensor, step: int, scored=None) -> dict:
+    def update(self, batch: Rollout, advantages: torch.Tensor, step: int, scored=None,
+               denominator: float | None = None) -> dict:
+        """PPO-style epochs over mini-batches of ``batch``. ``denominator``: the loss normaliser of
+        the whole (all-process) batch when ``batch`` is this process's share of it."""
         c = self.config
         B = advantages.shape[0]
         loss_kwargs = dict(eps_low=c.resolved("eps_low"), eps_high=c.resolved("eps_high"), agg=c.resolved("agg"),
@@ -303,7 +362,8 @@ class Trainer:
             if scored is not None:  # fused: one mini-batch in row order, matching the scored rows
                 order = torch.arange(B, device=advantages.device)
             for mb in order.chunk(c.minibatches):
-                denominator = float(batch.response_mask[mb].sum()) if token_level else float(len(mb))
+                if denominator is None:
+                    denominator = float(batch.response_mask[mb].sum()) if token_level else float(len(mb))
                 micro = c.micro_batch_size or len(mb)
                 n_micro = math.ceil(len(mb) / micro)
                 finite = True
@@ -320,10 +380,12 @@ class Trainer:
                         logp, batch.old_logp[idx][:, :T], advantages[idx][:, :T], mask,
                         logp_ref=None if batch.ref_logp is None else batch.ref_logp[idx][:, :T],
                         entropies=ent if c.entropy_coef > 0 else None, denominator=denominator, **loss_kwargs)
-                    if not torch.isfinite(loss):
+                    if not self._all_finite(loss):
                         finite = False
                         break
-                    self.accelerator.backward(loss)
+                    # DDP averages gradients over processes; each process's loss is its share of
+                    # the global sum over the global denominator, so scale by the process count
+                    self.accelerator.backward(loss * self.loss_scale if self.world > 1 else loss)
                     for k, v in metrics.items():  # loss terms add up over micro-batches; rates average
                         sums[k] = sums.get(k, 0.0) + (v if k in SUMMED_METRICS else v / n_micro)
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm) if finite else None
@@ -435,14 +497,18 @@ class Trainer:
             random.setstate(state["python_rng"])
             meta = json.loads((ckpt / "checkpoint.json").read_text())
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
-            for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-                runs.truncate_jsonl(self.run_dir / f, self.step)
+            if self.is_main:
+                for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+                    runs.truncate_jsonl(self.run_dir / f, self.step)
+            self.accelerator.wait_for_everyone()
             return
         if candidates != [None]:
             raise RuntimeError(f"no intact checkpoint in {self.run_dir / 'checkpoints'} to resume from")
         # nothing saved yet: start from scratch, dropping rows of the lost steps
-        for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-            runs.truncate_jsonl(self.run_dir / f, 0)
+        if self.is_main:
+            for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+                runs.truncate_jsonl(self.run_dir / f, 0)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
 
@@ -457,11 +523,24 @@ class Trainer:
             row.update(skipped_updates=self.skipped_updates, time_step=time.perf_counter() - t0)
             return row
         t1 = time.perf_counter()
+        full, denominator, idle = batch, None, False
+        if self.world > 1:  # every process sampled the same batch; each updates on its whole groups
+            token_level = c.resolved("agg") == "token-mean" and c.resolved("level") == "token"
+            denominator = float(batch.response_mask.sum()) if token_level else float(batch.rewards.shape[0])
+            if not self.fused_update:
+                full_adv = self.advantages(batch)
+            batch, rows = self._share(batch)
+            if rows.start == rows.stop:  # fewer groups than processes: join the collective with zero loss
+                idle, rows = True, slice(0, full.group_size)
+                batch = self._share(full, rows)[0]
+        self.loss_scale = 0.0 if idle else float(self.world)
         if self.fused_update:
-            adv, metrics = self.fused_update_step(batch, step)
+            adv, metrics = self.fused_update_step(batch, step, denominator)
         else:
-            adv = self.advantages(batch)
-            metrics = self.update(batch, adv, step)
+            adv = self.advantages(batch) if self.world == 1 else full_adv[rows]
+            metrics = self.update(batch, adv, step, denominator=denominator)
+        if self.world > 1:
+            metrics = self._reduce_metrics(metrics, 0.0 if idle else float(batch.response_mask.sum()))
         row["time_update"] = time.perf_counter() - t1
         m = batch.response_mask
         lengths = m.sum(-1).float()
@@ -469,36 +548,49 @@ class Trainer:
             reward=float(batch.rewards.mean()), accuracy=float(batch.correct.float().mean()),
             response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
             truncated_frac=float(batch.truncated.float().mean()),
-            entropy=float(batch.entropies[m].mean()), advantage_abs_mean=float(adv[m].abs().mean()),
+            entropy=self._global_mean(batch.entropies[m][:0] if idle else batch.entropies[m]),
+            advantage_abs_mean=self._global_mean(adv[m][:0] if idle else adv[m].abs()),
             skipped_updates=self.skipped_updates, **{k: v for k, v in metrics.items() if k != "entropy"},
         )
         row["tokens_per_s"] = stats["generated_tokens"] / stats["time_rollout"]
-        if step == 1 or step % c.log_samples_every == 0:
+        if self.world > 1:  # rollout statistics of the whole batch, as one process would log them
+            lengths = full.response_mask.sum(-1).float()
+            row.update(reward=float(full.rewards.mean()), accuracy=float(full.correct.float().mean()),
+                       response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
+                       truncated_frac=float(full.truncated.float().mean()))
+        if self.is_main and (step == 1 or step % c.log_samples_every == 0):
             self._log_samples(step, batch, adv)
         row["time_step"] = time.perf_counter() - t0
         return row
 
     def train(self) -> runs.Run:
         c = self.config
-        bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not self.progress)
+        main = self.is_main  # with several processes, the main one writes and reports
+        bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not (self.progress and main))
         if self.step == 0 and not (self.run_dir / "eval.jsonl").exists():
-            runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **self.evaluate()})
+            ev = self.evaluate() if main else None
+            if main:
+                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **ev})
+            self.accelerator.wait_for_everyone()
         while self.step < c.steps:
             step = self.step + 1
             row = self.train_step(step)
             self.step = step
-            runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if main:
+                runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
             _fault_point("metrics", step)
-            if step % c.eval_every == 0 or step == c.steps:
+            if (step % c.eval_every == 0 or step == c.steps) and main:
                 ev = self.evaluate()
                 runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
                 row = {**row, **{f"eval_{k}": v for k, v in ev.items()}}
             if step % c.save_every == 0 or step == c.steps:
-                self.save_checkpoint()
+                if main:
+                    self.save_checkpoint()
+                self.accelerator.wait_for_everyone()
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", acc=f"{row.get('accuracy', float('nan')):.2f}",
                             H=f"{row.get('entropy', float('nan')):.2f}")
-            if self.callback is not None:
+            if self.callback is not None and main:
                 self.callback(step, row)
         bar.close()
         return runs.Run(self.run_dir)
