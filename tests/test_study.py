@@ -112,3 +112,22 @@ def test_load_results_finds_runs_from_any_working_directory(tmp_path, monkeypatc
     table = load_results("study")
     assert table["run"].tolist() == [str(root.relative_to(tmp_path) / "runs" / "default" / "grpo-s0")]
     assert (tmp_path / table["run"][0] / "config.json").exists() and run.exists()
+
+
+@pytest.mark.parametrize("last,collapsed", [(0.2, True), (0.3, False)])
+def test_entropy_collapse_is_relative_to_the_start(tmp_path, last, collapsed):
+    import json
+
+    from workbench.study import summarize_run
+
+    path = tmp_path / "r"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"algorithm": "gtpo", "seed": 0, "task": "addition", "steps": 11}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "entropy": h}) + "\n"
+                                                for s, h in enumerate([1.0] * 10 + [last])))
+    (path / "eval.jsonl").write_text("".join(json.dumps({"step": s, "greedy_accuracy": a, "sampled_accuracy": a}) + "\n"
+                                             for s, a in [(0, 0.5), (5, 0.8), (11, 0.55)]))
+    row = summarize_run(path)
+    assert row["entropy_collapse"] is collapsed  # below 25% of the starting entropy (1.0)
+    assert row["accuracy_drops"] == 1  # 0.8 -> 0.55 falls by more than 0.2
+    assert row["entropy_start"] == 1.0 and row["entropy_end"] == last
