@@ -284,6 +284,14 @@ class Trainer:
                                         batch.response_mask.view(G, n, T), **self.config.advantage_kwargs)
         return adv.view(G * n, T)
 
+    def _loss_denominator(self, response_mask: torch.Tensor) -> float:
+        """The loss normaliser of the rows of ``response_mask``: their valid tokens for a
+        token-level token-mean loss, else their number of sequences."""
+        c = self.config
+        if c.resolved("agg") == "token-mean" and c.resolved("level") == "token":
+            return float(response_mask.sum())
+        return float(response_mask.shape[0])
+
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Finite on every process (they skip an update together, or DDP would wait forever)."""
         finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -351,7 +359,6 @@ class Trainer:
         B = advantages.shape[0]
         loss_kwargs = dict(eps_low=c.resolved("eps_low"), eps_high=c.resolved("eps_high"), agg=c.resolved("agg"),
                            level=c.resolved("level"), beta_kl=c.resolved("beta_kl"), entropy_coef=c.entropy_coef)
-        token_level = loss_kwargs["agg"] == "token-mean" and loss_kwargs["level"] == "token"
         gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))
         sums: dict[str, float] = {}
         count = 0
@@ -363,7 +370,7 @@ class Trainer:
                 order = torch.arange(B, device=advantages.device)
             for mb in order.chunk(c.minibatches):
                 if denominator is None:
-                    denominator = float(batch.response_mask[mb].sum()) if token_level else float(len(mb))
+                    denominator = self._loss_denominator(batch.response_mask[mb])
                 micro = c.micro_batch_size or len(mb)
                 n_micro = math.ceil(len(mb) / micro)
                 finite = True
@@ -525,8 +532,7 @@ class Trainer:
         t1 = time.perf_counter()
         full, denominator, idle = batch, None, False
         if self.world > 1:  # every process sampled the same batch; each updates on its whole groups
-            token_level = c.resolved("agg") == "token-mean" and c.resolved("level") == "token"
-            denominator = float(batch.response_mask.sum()) if token_level else float(batch.rewards.shape[0])
+            denominator = self._loss_denominator(batch.response_mask)
             if not self.fused_update:
                 full_adv = self.advantages(batch)
             batch, rows = self._share(batch)
