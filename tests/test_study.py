@@ -48,6 +48,11 @@ def test_paired_comparison_pairs_by_seed():
 def test_setting_label():
     assert setting_label({}) == "default"
     assert setting_label({"task": "chain", "task_params": {"steps": 8}}) == "steps-8_task-chain"
+    # settings that differ only inside a dict get different directories
+    assert setting_label({"advantage_kwargs": {"alpha2": 0.3}}) == "alpha2-0.3"
+    assert setting_label({"advantage_kwargs": {"normalize": "per_polarity"}}) == "normalize-per_polarity"
+    assert setting_label({"task": "chain", "task_params": {"steps": 4}, "model": "runs/warm",
+                          "max_new_tokens": 40}) == "max_new_tokens-40_steps-4_task-chain"
 
 
 def _fake_run(path, tokens_per_step, eval_steps, accuracies, samples=()):

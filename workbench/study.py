@@ -39,11 +39,16 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def setting_label(setting: dict) -> str:
-    """A directory name for a setting: ``task-chain_steps-8`` (task_params flattened; the model
-    path and other path-like values are left out of the name, they are in each run's config)."""
-    flat = {k: v for k, v in setting.items() if k not in ("task_params", "model") and "/" not in str(v)}
-    flat.update(setting.get("task_params", {}))
-    return "_".join(f"{k}-{v}" for k, v in sorted(flat.items()) if not isinstance(v, (dict, list))) or "default"
+    """A directory name for a setting: ``task-chain_steps-8`` (dict values such as task_params
+    or advantage_kwargs flattened to their items; the model path and other path-like values are
+    left out of the name, they are in each run's config)."""
+    flat = {}
+    for key, value in setting.items():
+        if key == "model":
+            continue
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return "_".join(f"{k}-{v}" for k, v in sorted(flat.items())
+                    if not isinstance(v, (dict, list)) and "/" not in str(v)) or "default"
 
 
 def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = None, progress: bool = True,
