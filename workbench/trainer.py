@@ -392,7 +392,7 @@ class Trainer:
                         break
                     # DDP averages gradients over processes; each process's loss is its share of
                     # the global sum over the global denominator, so scale by the process count
-                    self.accelerator.backward(loss * self.loss_scale if self.world > 1 else loss)
+                    self.accelerator.backward(loss * self.loss_scale)
                     for k, v in metrics.items():  # loss terms add up over micro-batches; rates average
                         sums[k] = sums.get(k, 0.0) + (v if k in SUMMED_METRICS else v / n_micro)
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm) if finite else None
@@ -549,21 +549,16 @@ class Trainer:
             metrics = self._reduce_metrics(metrics, 0.0 if idle else float(batch.response_mask.sum()))
         row["time_update"] = time.perf_counter() - t1
         m = batch.response_mask
-        lengths = m.sum(-1).float()
-        row.update(
-            reward=float(batch.rewards.mean()), accuracy=float(batch.correct.float().mean()),
+        lengths = full.response_mask.sum(-1).float()
+        row.update(  # rollout statistics of the whole batch; update statistics reduced over processes
+            reward=float(full.rewards.mean()), accuracy=float(full.correct.float().mean()),
             response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
-            truncated_frac=float(batch.truncated.float().mean()),
+            truncated_frac=float(full.truncated.float().mean()),
             entropy=self._global_mean(batch.entropies[m][:0] if idle else batch.entropies[m]),
             advantage_abs_mean=self._global_mean(adv[m][:0] if idle else adv[m].abs()),
             skipped_updates=self.skipped_updates, **{k: v for k, v in metrics.items() if k != "entropy"},
         )
         row["tokens_per_s"] = stats["generated_tokens"] / stats["time_rollout"]
-        if self.world > 1:  # rollout statistics of the whole batch, as one process would log them
-            lengths = full.response_mask.sum(-1).float()
-            row.update(reward=float(full.rewards.mean()), accuracy=float(full.correct.float().mean()),
-                       response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
-                       truncated_frac=float(full.truncated.float().mean()))
         if self.is_main and (step == 1 or step % c.log_samples_every == 0):
             self._log_samples(step, batch, adv)
         row["time_step"] = time.perf_counter() - t0
@@ -574,9 +569,8 @@ class Trainer:
         main = self.is_main  # with several processes, the main one writes and reports
         bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not (self.progress and main))
         if self.step == 0 and not (self.run_dir / "eval.jsonl").exists():
-            ev = self.evaluate() if main else None
             if main:
-                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **ev})
+                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **self.evaluate()})
             self.accelerator.wait_for_everyone()
         while self.step < c.steps:
             step = self.step + 1
