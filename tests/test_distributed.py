@@ -1,25 +1,33 @@
-"""Two processes (torchrun, gloo on CPU) train like one: same global batch, same seed.
+"""Several processes (gloo on CPU) train like one: DDP and FSDP, replicated and sharded rollouts.
 
-Every process samples the same rollout batch (same seed and weights), updates on its share of
-whole groups with the global loss normaliser, and DDP averages the gradients; so the logged
-metrics (gradient norm included) and the final weights match a one-process run.
+With ``rollout="replicated"`` every process samples the same batch (same seed and weights) and
+updates on its share of whole groups with the global loss normaliser; DDP averages the
+gradients, FSDP reduce-scatters them; so the logged metrics (gradient norm included) and the
+weights match a one-process run. With ``rollout="sharded"`` (the default) each process samples
+its share of the prompts: the samples differ from a one-process run, so the tests check the
+split itself and the bookkeeping of a real two-process run.
 """
 
 import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from workbench.config import TrainConfig
+from workbench.models import load_model
+from workbench.trainer import Trainer
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
-ARGS = ["train", "--algorithm", "gtpo", "--steps", "3", "--prompts-per-step", "4", "--group-size", "4",
-        "--max-new-tokens", "16", "--eval-every", "3", "--eval-size", "8", "--save-every", "3", "--lr", "1e-3",
-        "--seed", "0"]
+ARGS = ["train", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "16", "--eval-every", "3",
+        "--eval-size", "8", "--lr", "1e-3", "--seed", "0"]
+COMPARED = ("reward", "accuracy", "entropy", "advantage_abs_mean", "grad_norm", "clip_frac", "ratio_mean")
 
 
 def _port() -> int:
@@ -28,27 +36,114 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
-    one = subprocess.run([sys.executable, "-m", "workbench", *ARGS, "--output-dir", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_port()),
-                          "-m", "workbench", *ARGS, "--output-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = pd.read_json(tmp_path / "one" / "metrics.jsonl", lines=True)
-    b = pd.read_json(tmp_path / "two" / "metrics.jsonl", lines=True)
-    assert len(a) == len(b) == 3  # one writer: no duplicated rows
+def _run(cmd: list[str]) -> None:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def one_process(*args) -> list[str]:
+    return [sys.executable, "-m", "workbench", *args]
+
+
+def accelerate_launch(*args) -> list[str]:
+    """``accelerate launch`` with two processes; on a machine without GPUs they use CPU and gloo
+    (accelerate's ``--cpu`` flag with several processes expects MPI instead)."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_port()), "-m", "workbench", *args]
+
+
+def torchrun(*args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_port()), "-m", "workbench", *args]
+
+
+def assert_same_run(a_dir: Path, b_dir: Path, step: int) -> pd.DataFrame:
+    a = pd.read_json(a_dir / "metrics.jsonl", lines=True)
+    b = pd.read_json(b_dir / "metrics.jsonl", lines=True)
+    assert len(a) == len(b) == step  # one writer: no duplicated rows
     assert a["groups"].tolist() == b["groups"].tolist()
     updated = a["grad_norm"].notna()
     assert updated.any(), "no step updated the model: the comparison would be vacuous"
-    for col in ("reward", "accuracy", "entropy", "advantage_abs_mean", "grad_norm", "clip_frac", "ratio_mean"):
+    for col in COMPARED:
         pd.testing.assert_series_equal(a.loc[updated, col], b.loc[updated, col], check_exact=False, rtol=1e-5,
                                        atol=1e-6, obj=col)
-    wa = load_file(tmp_path / "one" / "checkpoints" / "step_000003" / "model.safetensors")
-    wb = load_file(tmp_path / "two" / "checkpoints" / "step_000003" / "model.safetensors")
-    for name in wa:  # Adam's first steps amplify float-order differences of near-zero gradients
-        torch.testing.assert_close(wa[name], wb[name], atol=1e-4, rtol=0, msg=name)
+    name = f"step_{step:06d}"
+    wa = load_file(a_dir / "checkpoints" / name / "model.safetensors")
+    wb = load_file(b_dir / "checkpoints" / name / "model.safetensors")
+    assert sorted(wa) == sorted(wb)
+    for key in wa:  # Adam's first steps amplify float-order differences of near-zero gradients
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-4, rtol=0, msg=key)
+    return a
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    args = [*ARGS, "--steps", "3", "--algorithm", "gtpo", "--save-every", "3", "--rollout", "replicated"]
+    _run(one_process(*args, "--output-dir", str(tmp_path / "one")))
+    _run(accelerate_launch(*args, "--output-dir", str(tmp_path / "two")))
+    assert_same_run(tmp_path / "one", tmp_path / "two", 3)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["algorithm"] == "gtpo"
     assert (tmp_path / "two" / "eval.jsonl").read_text().count("\n") == 2  # steps 0 and 3, written once
+
+
+def test_fsdp_two_processes_match_one_and_resume(tmp_path):
+    """FSDP shards parameters, gradients and optimizer state; a run stopped after its step-2
+    checkpoint and resumed (full state gathered, saved, re-sharded) ends where one process does."""
+    args = [*ARGS, "--algorithm", "grpo", "--save-every", "2", "--rollout", "replicated"]
+    _run(one_process(*args, "--steps", "3", "--output-dir", str(tmp_path / "one")))
+    _run(torchrun(*args, "--steps", "2", "--parallel", "fsdp", "--output-dir", str(tmp_path / "fsdp")))
+    assert (tmp_path / "fsdp" / "checkpoints" / "latest").read_text() == "step_000002"
+    _run(torchrun("train", "--resume", str(tmp_path / "fsdp"), "--steps", "3"))
+    metrics = assert_same_run(tmp_path / "one", tmp_path / "fsdp", 3)
+    assert metrics["grad_norm"].notna().sum() >= 2  # the comparison spans updates before and after the resume
+    model, _ = load_model(tmp_path / "fsdp" / "checkpoints" / "step_000003")  # an ordinary checkpoint
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_sharded_rollout_two_processes(tmp_path):
+    """Each process samples half of the prompts; the logged row is the whole batch's."""
+    args = [*ARGS, "--steps", "3", "--algorithm", "grpo", "--save-every", "3"]
+    _run(torchrun(*args, "--output-dir", str(tmp_path / "two")))
+    m = pd.read_json(tmp_path / "two" / "metrics.jsonl", lines=True)
+    assert len(m) == 3
+    assert m["groups"].tolist() == [4, 4, 4]  # GRPO keeps every group: 2 per process, summed
+    assert (m["accuracy"] * 16).round(6).apply(float.is_integer).all()  # means over all 16 responses
+    assert m["grad_norm"].notna().all() and m["response_len_max"].le(16).all()
+    samples = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    # the main process logs its own groups: the first half of the step's prompts
+    assert [s["prompt"] for s in samples if s["step"] == 1] == _round_prompts("addition", step=1)[:2]
+    assert (tmp_path / "two" / "checkpoints" / "latest").read_text() == "step_000003"
+
+
+def _round_prompts(task_name: str, step: int, round_: int = 0, n: int = 4) -> list[str]:
+    from workbench.tasks import get_task
+    from workbench.trainer import _seed_for
+
+    return [e.prompt for e in get_task(task_name).generate("train", n, _seed_for(0, step, round_))]
+
+
+def test_sharded_rollout_splits_every_round_between_processes(tmp_path, monkeypatch):
+    """In one process, pretend to be each of two processes (the reductions are then identities):
+    their prompts are disjoint, in order, and together the one-process batch, in every round of
+    dynamic sampling."""
+    config = TrainConfig(algorithm="dapo", prompts_per_step=5, group_size=4, max_new_tokens=16, steps=1,
+                         max_sampling_rounds=2, output_dir=str(tmp_path / "run"))
+    trainer = Trainer(config, progress=False)
+    sampled: list[list[str]] = []
+    generate = trainer._generate
+    monkeypatch.setattr(trainer, "_generate", lambda prompts, n, do_sample: sampled.append(prompts) or
+                        generate(prompts, n, do_sample=do_sample))
+    shares = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(type(trainer.accelerator), "process_index", property(lambda self, r=rank: r))
+        trainer.world, trainer.sharded_rollout = 2, True
+        torch.manual_seed(0)
+        sampled.clear()
+        batch, stats = trainer.rollout(step=1)
+        shares[rank] = [list(p) for p in sampled]
+        assert stats["sampling_rounds"] == len(sampled) >= 1
+        if batch is not None and not batch.idle:
+            assert set(batch.prompts) <= {p for r in sampled for p in r}
+    assert len(shares[0][0]) == 2 and len(shares[1][0]) == 3  # bounds round(5 * r / 2) = 0, 2, 5
+    for round_, (a, b) in enumerate(zip(shares[0], shares[1])):
+        assert a + b == _round_prompts("addition", 1, round_, n=5)

@@ -64,6 +64,7 @@ class TrainConfig:
     minibatches: int = 1  #: optimizer steps per epoch (the rollout batch is split)
     micro_batch_size: int = 0  #: sequences per forward/backward; 0 = the whole mini-batch
     max_bad_steps: int = 5  #: consecutive non-finite steps before the run stops
+    gradient_checkpointing: bool = False  #: recompute activations in the backward (larger models, less memory)
     # logging, evaluation, checkpoints
     eval_every: int = 50
     eval_size: int = 128
@@ -76,6 +77,9 @@ class TrainConfig:
     output_dir: str = "runs/run"
     device: str = "auto"  #: auto | cpu | cuda
     mixed_precision: str = "auto"  #: auto (bf16 on GPU) | no | bf16 | fp16
+    # several processes (torchrun / accelerate launch); ignored by a single process
+    parallel: str = "ddp"  #: ddp (a model replica per process) | fsdp (parameters, gradients, optimizer sharded)
+    rollout: str = "sharded"  #: sharded (each process samples its share of the prompts) | replicated
 
     def __post_init__(self):
         self.validate()
@@ -130,7 +134,8 @@ class TrainConfig:
         if self.overlong_cache > self.max_new_tokens:
             raise ValueError(f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})")
         choices = {"lr_schedule": ("constant", "linear", "cosine"), "device": ("auto", "cpu", "cuda"),
-                   "mixed_precision": ("auto", "no", "bf16", "fp16")}
+                   "mixed_precision": ("auto", "no", "bf16", "fp16"), "parallel": ("ddp", "fsdp"),
+                   "rollout": ("sharded", "replicated")}
         for name, options in choices.items():
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")

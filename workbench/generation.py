@@ -45,14 +45,20 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 16, do_sample: bool = True,
-             temperature: float = 1.0, top_p: float = 1.0, autocast=None) -> Generated:
-    """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch)."""
+             temperature: float = 1.0, top_p: float = 1.0, autocast=None, synced_gpus: bool = False) -> Generated:
+    """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch).
+
+    ``synced_gpus``: keep running forward passes until every process has finished (needed when
+    the model's parameters are sharded over processes, as with FSDP: each forward is collective).
+    """
     if not prompts:
         raise ValueError("prompts is empty")
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=do_sample,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:

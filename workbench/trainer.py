@@ -78,6 +78,7 @@ class Rollout:
     prompts: list[str]
     texts: list[str]
     group_size: int
+    idle: bool = False  # a stand-in batch at zero weight (this process has no group this step)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -101,26 +102,35 @@ class Trainer:
         precision = c.mixed_precision
         if precision == "auto":
             precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise ValueError("accelerate's own FSDP (--use_fsdp or an FSDP accelerate config) is not supported: the "
+                             "trainer shards the model itself, so that generation, evaluation and checkpoints work "
+                             "under FSDP; launch with --multi_gpu and set parallel='fsdp' (--parallel fsdp)")
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision)
         self.world, self.is_main = self.accelerator.num_processes, self.accelerator.is_main_process
+        self.fsdp = self.world > 1 and c.parallel == "fsdp"
+        self.sharded_rollout = self.world > 1 and c.rollout == "sharded"
         if self.world > 1:
-            for name, ok in (("minibatches", c.minibatches == 1), ("micro_batch_size", c.micro_batch_size == 0)):
-                if not ok:
-                    raise ValueError(f"{name}: multi-process training ({self.world} processes) supports one "
-                                     "mini-batch and no micro-batches per update (each process updates on its "
-                                     "share of the groups); set minibatches=1 and micro_batch_size=0")
+            self._check_multi_process()
 
         self.task = get_task(c.task, **c.task_params)
         self.model, self.tokenizer = self._load_model()
+        if c.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._prepare_run_dir(resume, overwrite)  # only once the task and the model loaded
         self.ref_model = None
         if c.resolved("beta_kl") > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.fsdp:  # shard first: the optimizer holds the sharded parameters
+            self.model = self._shard(self.model)
+            if self.ref_model is not None:
+                self.ref_model = self._shard(self.ref_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if self.ref_model is not None:
-            self.ref_model.to(self.accelerator.device)
+        if not self.fsdp:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            if self.ref_model is not None:
+                self.ref_model.to(self.accelerator.device)
         self.eval_examples = self.task.generate("eval", c.eval_size, EVAL_SEED)
         self.step = 0
         self.loss_scale = 1.0
@@ -130,6 +140,40 @@ class Trainer:
             self._load_checkpoint()
 
     # ------------------------------------------------------------------ set-up
+
+    def _check_multi_process(self) -> None:
+        c = self.config
+        for name, ok in (("minibatches", c.minibatches == 1), ("micro_batch_size", c.micro_batch_size == 0)):
+            if not ok:
+                raise ValueError(f"{name}: multi-process training ({self.world} processes) supports one "
+                                 "mini-batch and no micro-batches per update (each process updates on its "
+                                 "share of the groups); set minibatches=1 and micro_batch_size=0")
+        if self.sharded_rollout and c.prompts_per_step < self.world:
+            raise ValueError(f"prompts_per_step ({c.prompts_per_step}) is smaller than the number of processes "
+                             f"({self.world}): with rollout='sharded' every process samples at least one prompt; "
+                             "raise prompts_per_step or set rollout='replicated'")
+        if self.sharded_rollout and c.advantage_kwargs.get("scale") == "batch":
+            raise ValueError("advantage_kwargs scale='batch' needs the whole batch's rewards in every process: "
+                             "set rollout='replicated'")
+
+    def _shard(self, model):
+        """FSDP (PyTorch's ``fully_shard``): every transformer block is sharded over the processes,
+        then the rest (embeddings, final norm, LM head) as one unit. Parameters live sharded; each
+        block gathers its parameters for its forward and backward and frees them after."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        model.to(self.accelerator.device)
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        layers = [m for m in model.modules() if type(m).__name__ in blocks]
+        if not layers:
+            raise ValueError(f"parallel='fsdp': {type(model).__name__} names no transformer block classes "
+                             "(_no_split_modules) to shard by")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
+        for layer in layers:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         d = self.run_dir
@@ -188,50 +232,70 @@ class Trainer:
         prompts = format_prompts(self.tokenizer, prompts, c.chat_template)
         return generate(self.unwrapped, self.tokenizer, prompts, n=n, max_new_tokens=c.max_new_tokens,
                         do_sample=do_sample, temperature=c.temperature, top_p=c.top_p,
-                        autocast=self.accelerator.autocast())
+                        autocast=self.accelerator.autocast(), synced_gpus=self.fsdp)
 
     def _score(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
         if not grad and model is self.model:
             model = self.unwrapped  # no DDP forward (and no collective) for a no-grad pass
         T = response_mask.shape[1]
+        # Under FSDP the LM-head weight is sharded outside the model's forward, so the statistics
+        # come from the model's own logits (only the response positions' are computed).
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return token_stats_from_model(model, input_ids, attention_mask, response_len=T,
                                           response_mask=response_mask, temperature=self.config.temperature,
-                                          entropy_grad=grad and self.config.entropy_coef > 0)
+                                          entropy_grad=grad and self.config.entropy_coef > 0,
+                                          method="logits" if self.fsdp else "auto")
 
-    def rollout(self, step: int) -> tuple[Rollout, dict]:
-        """Sample, score and reward one batch of groups (with DAPO's dynamic sampling if on)."""
+    def rollout(self, step: int) -> tuple[Rollout | None, dict]:
+        """Sample, score and reward one batch of groups (with DAPO's dynamic sampling if on).
+
+        With several processes and ``rollout="sharded"``, each process samples its contiguous share
+        of every round's prompts and keeps its share of the groups; the processes decide together
+        whether another round is needed, so they all run the same number of rounds. The batch is
+        then this process's groups (``batch.idle``: it kept none and stands in with a discarded
+        group at zero weight). Otherwise every process samples the whole batch.
+        """
         c = self.config
         n = c.group_size
         dynamic = c.resolved("dynamic_sampling")
-        kept: list[tuple] = []  # per group: (prompt, example, prompt ids/mask rows, response rows, ...)
+        lo, hi = self._my_share(c.prompts_per_step) if self.sharded_rollout else (0, c.prompts_per_step)
+        kept: list[tuple] = []  # per group: (prompt, prompt ids/mask rows, response rows, ...)
+        spare = None  # the first group sampled, kept or not: an idle process's stand-in
         rounds, zero_std, seen, generated = 0, 0, 0, 0
         t0 = time.perf_counter()
-        while len(kept) < c.prompts_per_step and rounds < (c.max_sampling_rounds if dynamic else 1):
-            examples = self.task.generate("train", c.prompts_per_step, _seed_for(c.seed, step, rounds))
-            gen = self._generate([e.prompt for e in examples], n, do_sample=True)
-            p_ids, p_mask, resp, r_mask, trunc, texts = (gen.prompt_ids, gen.prompt_mask, gen.response_ids,
-                                                         gen.response_mask, gen.truncated, gen.texts)
-            generated += int(gen.response_mask.sum())
-            for g, ex in enumerate(examples):
-                rows = slice(g * n, (g + 1) * n)
-                correct = [self.task.reward(ex, t) > 0.5 for t in texts[rows]]
-                base = [self.task.reward(ex, t) + c.format_reward * self.task.format_reward(t) for t in texts[rows]]
-                seen += 1
-                if len(set(base)) == 1:
-                    zero_std += 1
-                    if dynamic:
-                        continue
-                kept.append((ex.prompt, p_ids[rows], p_mask[rows], resp[rows], r_mask[rows], trunc[rows],
-                             texts[rows], correct, base))
+        while rounds < (c.max_sampling_rounds if dynamic else 1) and self._any_process(len(kept) < hi - lo):
+            # a process with enough groups samples along only when every forward is collective (FSDP)
+            if len(kept) < hi - lo or self.fsdp:
+                examples = self.task.generate("train", c.prompts_per_step, _seed_for(c.seed, step, rounds))[lo:hi]
+                gen = self._generate([e.prompt for e in examples], n, do_sample=True)
+                generated += int(gen.response_mask.sum())
+                for g, ex in enumerate(examples):
+                    rows = slice(g * n, (g + 1) * n)
+                    texts = gen.texts[rows]
+                    group = (ex.prompt, gen.prompt_ids[rows], gen.prompt_mask[rows], gen.response_ids[rows],
+                             gen.response_mask[rows], gen.truncated[rows], texts,
+                             [self.task.reward(ex, t) > 0.5 for t in texts],
+                             [self.task.reward(ex, t) + c.format_reward * self.task.format_reward(t) for t in texts])
+                    spare = spare or group
+                    seen += 1
+                    if len(set(group[8])) == 1:
+                        zero_std += 1
+                        if dynamic:
+                            continue
+                    kept.append(group)
             rounds += 1
         time_rollout = time.perf_counter() - t0
-        kept = kept[: c.prompts_per_step]
-        stats = {"groups": len(kept), "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
+        kept = kept[: hi - lo]
+        groups, zero_std, seen, generated = len(kept), zero_std, seen, generated
+        if self.sharded_rollout:
+            groups, zero_std, seen, generated = (int(v) for v in self._sum_over_processes(groups, zero_std, seen,
+                                                                                         generated))
+        stats = {"groups": groups, "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
                  "generated_tokens": generated, "time_rollout": time_rollout}
-        if not kept:
+        if not groups:
             return None, stats
-        batch = self._collate(kept)
+        batch = self._collate(kept or [spare])
+        batch.idle = not kept
         t1 = time.perf_counter()
         if not self.fused_update:
             batch.old_logp, batch.entropies = self._score(self.model, batch.input_ids, batch.attention_mask,
@@ -241,6 +305,23 @@ class Trainer:
                                             batch.response_mask, grad=False)
         stats["time_score"] = time.perf_counter() - t1
         return batch, stats
+
+    def _my_share(self, total: int) -> tuple[int, int]:
+        """This process's contiguous slice of ``total`` items (prompts or groups), as even as possible."""
+        r = self.accelerator.process_index
+        return round(total * r / self.world), round(total * (r + 1) / self.world)
+
+    def _any_process(self, flag: bool) -> bool:
+        """``flag`` on any process (sharded rollouts decide together; replicated ones agree anyway)."""
+        if not self.sharded_rollout:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device), "max") > 0)
+
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
+        if self.world > 1:
+            total = self.accelerator.reduce(total, "sum")
+        return total.tolist()
 
     def _collate(self, kept: list[tuple]) -> Rollout:
         c, pad = self.config, self.tokenizer.pad_token_id
@@ -296,16 +377,15 @@ class Trainer:
         """Finite on every process (they skip an update together, or DDP would wait forever)."""
         finite = torch.isfinite(loss.detach()).float().reshape(1)
         if self.world > 1:
-            finite = self.accelerator.reduce(finite, "min")
-        return bool(finite.item() > 0)
+            finite = self.accelerator.reduce(finite, "sum") / self.world
+        return bool(finite.item() == 1)
 
     def _share(self, batch: Rollout, rows: slice | None = None) -> tuple[Rollout, slice]:
         """This process's whole groups of a replicated rollout batch (contiguous, as even as possible)."""
         n, G = batch.group_size, batch.rewards.shape[0] // batch.group_size
         if rows is None:
-            bounds = [round(G * r / self.world) for r in range(self.world + 1)]
-            r = self.accelerator.process_index
-            rows = slice(bounds[r] * n, bounds[r + 1] * n)
+            lo, hi = self._my_share(G)
+            rows = slice(lo * n, hi * n)
         pick = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
         for name, value in pick.items():
             if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == G * n:
@@ -395,7 +475,7 @@ class Trainer:
                     self.accelerator.backward(loss * self.loss_scale)
                     for k, v in metrics.items():  # loss terms add up over micro-batches; rates average
                         sums[k] = sums.get(k, 0.0) + (v if k in SUMMED_METRICS else v / n_micro)
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm) if finite else None
+                grad_norm = self._clip_gradients() if finite else None
                 if not finite or not torch.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_updates += 1
@@ -415,6 +495,10 @@ class Trainer:
         out = {k: v / n_mb for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         return out
+
+    def _clip_gradients(self) -> torch.Tensor:
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a distributed tensor
 
     # ------------------------------------------------------------------ evaluation
 
@@ -453,17 +537,29 @@ class Trainer:
                 "step": step, "group": g, "prompt": batch.prompts[g], "algorithm": self.config.algorithm,
                 "responses": responses})
 
-    def save_checkpoint(self) -> Path:
-        """Write model, tokenizer, optimizer, scheduler and RNG state atomically."""
+    def save_checkpoint(self) -> Path | None:
+        """Write model, tokenizer, optimizer, scheduler and RNG state atomically. Call it on every
+        process: under FSDP they gather the full state together; the main process writes it."""
+        model_state = optim_state = None
+        if self.fsdp:  # full (unsharded) weights and optimizer state, on the main process's CPU
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            model_state, optim_state = get_state_dict(self.model, self.optimizer,
+                                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if getattr(self.unwrapped.config, "tie_word_embeddings", False):  # saved once, as without FSDP
+                model_state = {k: v for k, v in model_state.items() if k not in TIED_KEYS}
+        if not self.is_main:
+            return None
         root = self.run_dir / "checkpoints"
         name = f"step_{self.step:06d}"
         final, tmp = root / name, root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         with quiet_hub_bars():
-            self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+            self.unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
         self.tokenizer.save_pretrained(tmp)
         state = {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": optim_state if self.fsdp else self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -494,11 +590,20 @@ class Trainer:
                 warnings.warn(f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})",
                               stacklevel=2)
                 continue
-            missing, unexpected = self.unwrapped.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+            weights = load_file(ckpt / "model.safetensors")
+            if self.fsdp:  # every process reads the full state and keeps its shards
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+                missing, unexpected = set_state_dict(self.model, self.optimizer, model_state_dict=weights,
+                                                     optim_state_dict=state["optimizer"],
+                                                     options=StateDictOptions(full_state_dict=True, strict=False))
+            else:
+                missing, unexpected = self.unwrapped.load_state_dict(weights, strict=False)
             if unexpected or set(missing) - TIED_KEYS:
                 raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, "
                                    f"unexpected {unexpected}")
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not self.fsdp:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
@@ -519,10 +624,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def _main_decides(self, flag: bool) -> bool:
+        """The main process's ``flag`` on every process (a decision that reads files it writes)."""
+        if self.world == 1:
+            return flag
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([flag], from_process=0)[0])
+
     def train_step(self, step: int) -> dict:
         c = self.config
         t0 = time.perf_counter()
-        torch.manual_seed(_seed_for(c.seed, step))
+        torch.manual_seed(_seed_for(c.seed, step, self.accelerator.process_index) if self.sharded_rollout
+                          else _seed_for(c.seed, step))
         batch, stats = self.rollout(step)
         row = {"step": step, **stats, "lr": self.scheduler.get_last_lr()[0]}
         if batch is None:  # dynamic sampling found no informative group
@@ -530,47 +644,64 @@ class Trainer:
             row.update(skipped_updates=self.skipped_updates, time_step=time.perf_counter() - t0)
             return row
         t1 = time.perf_counter()
-        full, denominator, idle = batch, None, False
-        if self.world > 1:  # every process sampled the same batch; each updates on its whole groups
-            denominator = self._loss_denominator(batch.response_mask)
-            if not self.fused_update:
-                full_adv = self.advantages(batch)
-            batch, rows = self._share(batch)
-            if rows.start == rows.stop:  # fewer groups than processes: join the collective with zero loss
-                idle, rows = True, slice(0, full.group_size)
-                batch = self._share(full, rows)[0]
+        row.update(self._rollout_stats(batch))  # of the whole batch, before a replicated one is shared out
+        denominator = None
+        if self.world > 1:  # each process updates on its whole groups, normalised by the global batch
+            if self.sharded_rollout:
+                denominator = self._sum_over_processes(0 if batch.idle else self._loss_denominator(batch.response_mask))[0]
+            else:  # every process sampled the same batch
+                denominator = self._loss_denominator(batch.response_mask)
+                full = batch
+                if not self.fused_update:
+                    full_adv = self.advantages(full)
+                batch, rows = self._share(full)
+                if rows.start == rows.stop:  # fewer groups than processes: join the collectives at zero weight
+                    rows = slice(0, full.group_size)
+                    batch = dataclasses.replace(self._share(full, rows)[0], idle=True)
+        idle = batch.idle
         self.loss_scale = 0.0 if idle else float(self.world)
         if self.fused_update:
             adv, metrics = self.fused_update_step(batch, step, denominator)
         else:
-            adv = self.advantages(batch) if self.world == 1 else full_adv[rows]
+            adv = full_adv[rows] if self.world > 1 and not self.sharded_rollout else self.advantages(batch)
             metrics = self.update(batch, adv, step, denominator=denominator)
         if self.world > 1:
             metrics = self._reduce_metrics(metrics, 0.0 if idle else float(batch.response_mask.sum()))
         row["time_update"] = time.perf_counter() - t1
-        m = batch.response_mask
-        lengths = full.response_mask.sum(-1).float()
-        row.update(  # rollout statistics of the whole batch; update statistics reduced over processes
-            reward=float(full.rewards.mean()), accuracy=float(full.correct.float().mean()),
-            response_len_mean=float(lengths.mean()), response_len_max=int(lengths.max()),
-            truncated_frac=float(full.truncated.float().mean()),
-            entropy=self._global_mean(batch.entropies[m][:0] if idle else batch.entropies[m]),
-            advantage_abs_mean=self._global_mean(adv[m][:0] if idle else adv[m].abs()),
+        m = torch.zeros_like(batch.response_mask) if idle else batch.response_mask
+        row.update(  # update statistics, reduced over processes
+            entropy=self._global_mean(batch.entropies[m]), advantage_abs_mean=self._global_mean(adv[m].abs()),
             skipped_updates=self.skipped_updates, **{k: v for k, v in metrics.items() if k != "entropy"},
         )
         row["tokens_per_s"] = stats["generated_tokens"] / stats["time_rollout"]
-        if self.is_main and (step == 1 or step % c.log_samples_every == 0):
+        if self.is_main and not idle and (step == 1 or step % c.log_samples_every == 0):
             self._log_samples(step, batch, adv)
         row["time_step"] = time.perf_counter() - t0
         return row
+
+    def _rollout_stats(self, batch: Rollout) -> dict:
+        """Reward, accuracy and length statistics of the step's whole batch (summed over the
+        processes' shares when the rollout is sharded)."""
+        w = 0.0 if batch.idle else 1.0
+        lengths = batch.lengths.float()
+        sums = [w * float(x) for x in (batch.rewards.sum(), batch.correct.float().sum(), lengths.sum(),
+                                        batch.truncated.float().sum(), len(lengths))]
+        longest = torch.tensor([w * float(lengths.max())], device=self.accelerator.device)
+        if self.sharded_rollout:
+            sums = self._sum_over_processes(*sums)
+            longest = self.accelerator.reduce(longest, "max")
+        reward, correct, length, truncated, count = sums
+        return {"reward": reward / count, "accuracy": correct / count, "response_len_mean": length / count,
+                "response_len_max": int(longest.item()), "truncated_frac": truncated / count}
 
     def train(self) -> runs.Run:
         c = self.config
         main = self.is_main  # with several processes, the main one writes and reports
         bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not (self.progress and main))
-        if self.step == 0 and not (self.run_dir / "eval.jsonl").exists():
+        if self._main_decides(self.step == 0 and not (self.run_dir / "eval.jsonl").exists()):
+            ev = self.evaluate() if main or self.fsdp else None  # FSDP: every forward is collective
             if main:
-                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **self.evaluate()})
+                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **ev})
             self.accelerator.wait_for_everyone()
         while self.step < c.steps:
             step = self.step + 1
@@ -579,13 +710,13 @@ class Trainer:
             if main:
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
             _fault_point("metrics", step)
-            if (step % c.eval_every == 0 or step == c.steps) and main:
+            if (step % c.eval_every == 0 or step == c.steps) and (main or self.fsdp):
                 ev = self.evaluate()
-                runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
+                if main:
+                    runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
                 row = {**row, **{f"eval_{k}": v for k, v in ev.items()}}
             if step % c.save_every == 0 or step == c.steps:
-                if main:
-                    self.save_checkpoint()
+                self.save_checkpoint()
                 self.accelerator.wait_for_everyone()
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", acc=f"{row.get('accuracy', float('nan')):.2f}",
