@@ -170,3 +170,17 @@ def test_fused_on_policy_update_equals_the_two_pass_update(tmp_path, algorithm):
     assert set(grads) == {"fused", "twopass"} and len(grads["fused"]) > 0
     for g, h in zip(grads["fused"], grads["twopass"]):
         torch.testing.assert_close(g, h, atol=1e-6, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path):
+    """Recomputing activations in the backward changes memory, not the numbers."""
+    rows = {}
+    for flag in (False, True):
+        trainer = Trainer(warm(tmp_path / str(flag), algorithm="gtpo", dynamic_sampling=False,
+                               gradient_checkpointing=flag), progress=False)
+        layers = trainer.unwrapped.model.layers
+        assert all(layer.gradient_checkpointing == flag for layer in layers) and len(layers) > 0
+        rows[flag] = trainer.train_step(1)
+    assert rows[False]["grad_norm"] > 0
+    for key in ("reward", "entropy", "advantage_abs_mean", "policy_loss", "grad_norm"):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-5, abs=1e-7), key

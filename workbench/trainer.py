@@ -116,7 +116,7 @@ class Trainer:
         self.task = get_task(c.task, **c.task_params)
         self.model, self.tokenizer = self._load_model()
         if c.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_activation_checkpointing(self.model)
         self._prepare_run_dir(resume, overwrite)  # only once the task and the model loaded
         self.ref_model = None
         if c.resolved("beta_kl") > 0:
@@ -725,6 +725,15 @@ class Trainer:
                 self.callback(step, row)
         bar.close()
         return runs.Run(self.run_dir)
+
+
+def _enable_activation_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward (non-reentrant checkpoints), under
+    transformers' current name for it or, before 5.x, its older one."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _fault_point(point: str, step: int) -> None:
