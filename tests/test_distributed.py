@@ -45,11 +45,15 @@ def one_process(*args) -> list[str]:
     return [sys.executable, "-m", "workbench", *args]
 
 
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "accelerate"
+
+
 def accelerate_launch(*args) -> list[str]:
-    """``accelerate launch`` with two processes; on a machine without GPUs they use CPU and gloo
-    (accelerate's ``--cpu`` flag with several processes expects MPI instead)."""
-    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    """The shipped one-node accelerate config, with two processes and no mixed precision; on a
+    machine without GPUs they run on CPU with gloo (accelerate's ``--cpu`` flag with several
+    processes expects MPI instead)."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+            str(ACCELERATE_CONFIGS / "one_node.yaml"), "--num_processes", "2", "--mixed_precision", "no",
             "--main_process_port", str(_port()), "-m", "workbench", *args]
 
 
@@ -147,3 +151,18 @@ def test_sharded_rollout_splits_every_round_between_processes(tmp_path, monkeypa
     assert len(shares[0][0]) == 2 and len(shares[1][0]) == 3  # bounds round(5 * r / 2) = 0, 2, 5
     for round_, (a, b) in enumerate(zip(shares[0], shares[1])):
         assert a + b == _round_prompts("addition", 1, round_, n=5)
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    one = load_config_from_file(str(ACCELERATE_CONFIGS / "one_node.yaml"))
+    multi = load_config_from_file(str(ACCELERATE_CONFIGS / "multi_node.yaml"))
+    assert (one.num_machines, one.distributed_type.value) == (1, "MULTI_GPU")
+    assert multi.num_machines == 2 and multi.num_processes == 16 and multi.main_process_port == 29500
+
+
+def test_accelerate_fsdp_is_refused_with_the_way_to_shard(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="--parallel fsdp"):
+        Trainer(TrainConfig(output_dir=str(tmp_path / "run")), progress=False)
