@@ -5,6 +5,7 @@ Shared by the RL trainer, the warm start and the notebooks.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -45,17 +46,21 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 16, do_sample: bool = True,
-             temperature: float = 1.0, top_p: float = 1.0, autocast=None, synced_gpus: bool = False) -> Generated:
+             temperature: float = 1.0, top_p: float = 1.0, autocast=None, synced_gpus: bool = False,
+             share_prompt: bool = True) -> Generated:
     """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch).
 
-    ``synced_gpus``: keep running forward passes until every process has finished (needed when
-    the model's parameters are sharded over processes, as with FSDP: each forward is collective).
+    ``share_prompt``: with ``n > 1``, run each prompt through the model once and copy its KV cache
+    to the ``n`` samples, instead of recomputing the prompt ``n`` times (same samples for the same
+    seed, up to float rounding). ``synced_gpus``: keep running forward passes until every process
+    has finished (needed when the parameters are sharded over processes, as with FSDP: every
+    forward is collective).
     """
     if not prompts:
         raise ValueError("prompts is empty")
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=do_sample,
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if synced_gpus:
         kwargs["synced_gpus"] = True
@@ -66,7 +71,10 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens
     was_training = model.training
     model.eval()
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
-        out = model.generate(**enc, **kwargs)
+        if share_prompt and n > 1 and enc["input_ids"].shape[1] > 1:
+            out = model.generate(**_shared_prompt_inputs(model, enc, n), **kwargs)
+        else:
+            out = model.generate(**{k: v.repeat_interleave(n, 0) for k, v in enc.items()}, **kwargs)
     model.train(was_training)
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
@@ -79,6 +87,23 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens
     response = torch.where(mask, response, torch.full_like(response, tokenizer.pad_token_id))
     texts = [tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
     return Generated(prompt_ids, prompt_mask, response, mask, ~is_eos.any(-1), texts)
+
+
+def _shared_prompt_inputs(model, enc, n: int) -> dict:
+    """``generate`` inputs for ``n`` samples per prompt whose KV cache holds every prompt but its
+    last token, computed once per prompt and repeated ``n`` times (generation then runs the
+    last prompt token and samples on)."""
+    from transformers import DynamicCache
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    cache = DynamicCache(config=model.config)
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding, as generate counts them
+    # transformers 5.x names the argument ``cache``; earlier releases ``past_key_values``
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], use_cache=True,
+          **{name: cache})
+    cache.batch_repeat_interleave(n)
+    return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), name: cache}
 
 
 def accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, do_sample: bool = False,

@@ -1,0 +1,61 @@
+"""Sampling: the prompt is computed once per prompt, not once per sample, and nothing else changes."""
+
+import pytest
+import torch
+
+from workbench.config import DEFAULT_INIT
+from workbench.generation import generate
+from workbench.models import load_model
+
+PROMPTS = ["123+456=", "12+4=", "999+1="]  # different lengths: left padding
+
+
+@pytest.fixture(scope="module")
+def warm():
+    return load_model(DEFAULT_INIT)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_shared_prompt_gives_the_same_samples(warm, do_sample):
+    model, tok = warm
+    out = {}
+    for share in (False, True):
+        torch.manual_seed(0)
+        out[share] = generate(model, tok, PROMPTS, n=4, max_new_tokens=12, do_sample=do_sample, share_prompt=share)
+    assert torch.equal(out[False].response_ids, out[True].response_ids)
+    assert torch.equal(out[False].response_mask, out[True].response_mask)
+    assert torch.equal(out[False].prompt_ids, out[True].prompt_ids) and out[True].prompt_ids.shape[0] == 12
+    assert out[False].texts == out[True].texts
+    if do_sample:  # the check is not vacuous: samples of one prompt differ
+        assert len(set(out[True].texts[:4])) > 1
+
+
+def test_shared_prompt_runs_each_prompt_once(warm):
+    """Count the token positions the decoder runs: the prompt (all but its last token) once per
+    prompt with sharing, ``n`` times without."""
+    model, tok = warm
+    n, new = 8, 6
+    counted = []
+    hook = model.model.register_forward_hook(lambda mod, args, kwargs, out: counted.append(
+        kwargs["input_ids"].numel() if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"].shape[:2].numel()),
+        with_kwargs=True)
+    try:
+        tokens = {}
+        for share in (False, True):
+            counted.clear()
+            g = generate(model, tok, PROMPTS, n=n, max_new_tokens=new, do_sample=True, share_prompt=share)
+            tokens[share] = (sum(counted), len(counted))
+    finally:
+        hook.remove()
+    P = g.prompt_ids.shape[1]
+    steps = g.response_ids.shape[1]  # decode steps run (all rows stop together at the longest)
+    assert tokens[False][0] == 3 * n * P + 3 * n * (steps - 1)
+    assert tokens[True][0] == 3 * (P - 1) + 3 * n * 1 + 3 * n * (steps - 1)
+    assert tokens[True][1] == tokens[False][1] + 1  # one extra (prefill) call
+
+
+def test_greedy_with_several_samples_per_prompt(warm):
+    """transformers refuses num_return_sequences > 1 without sampling; repeating the inputs works."""
+    model, tok = warm
+    g = generate(model, tok, PROMPTS[:1], n=3, max_new_tokens=12, do_sample=False)
+    assert len(set(g.texts)) == 1 and len(g.texts) == 3
