@@ -22,6 +22,13 @@ def test_token_stats_smoke():
     assert "time_vs_naive" in out and "memory_vs_naive" in out  # ratios against naive, same run
 
 
+def test_scaling_smoke():
+    out = run(BENCH / "scaling.py", "--grid", "smoke", "--steps", "2")
+    assert "rollout_per_token_vs_first" in out and "update_per_token_vs_first" in out
+    assert "error" not in out  # every case ran
+    assert out.count("length") >= 2 and out.count("group") >= 2  # both sweeps, live rows and the table
+
+
 def test_learning_smoke(tmp_path):
     out = run(BENCH / "learning.py", "--algorithms", "grpo", "--steps", "1", "--prompts-per-step", "2",
               "--group-size", "2", "--eval-size", "4", "--out", tmp_path)
