@@ -8,7 +8,9 @@ Methods, all computing sampled-token log-probs and full entropies of ``h @ W.T``
 - ``naive``: materialise the logits, ``log_softmax`` in float32, ``gather``, entropy;
 - ``chunked``: materialise the logits, then :func:`workbench.entropy.token_stats`
   (float32 one chunk of rows at a time);
-- ``hidden``: :func:`workbench.entropy.token_stats_from_hidden` (the logits never exist whole).
+- ``hidden``: :func:`workbench.entropy.token_stats_from_hidden` with the PyTorch kernels (the
+  logits never exist whole);
+- ``fused`` (CUDA only): the same with the fused Triton kernels (``impl="triton"``).
 Each case runs in a fresh subprocess; peak extra memory is the peak above the inputs
 (CUDA: ``max_memory_allocated``; CPU: peak resident set size). Ratios are against ``naive``
 measured in the same run.
@@ -28,7 +30,7 @@ GRIDS = {
     "cpu": dict(tokens=[2048, 8192], vocab=[32768, 151936], hidden=[896], modes=["score", "train"]),
     "gpu": dict(tokens=[2048, 8192, 32768], vocab=[32768, 151936], hidden=[896, 3584], modes=["score", "train"]),
 }
-METHODS = ("naive", "chunked", "hidden")
+METHODS = ("naive", "chunked", "hidden", "fused")
 
 
 def _rss_bytes() -> int:
@@ -61,9 +63,12 @@ def run_case(method: str, tokens: int, vocab: int, hidden: int, mode: str, devic
         return token_stats((h @ w.T)[None], tok)
 
     def hidden_path():
-        return token_stats_from_hidden(h[None], w, tok)
+        return token_stats_from_hidden(h[None], w, tok, impl="torch")
 
-    fn = {"naive": naive, "chunked": chunked, "hidden": hidden_path}[method]
+    def fused():
+        return token_stats_from_hidden(h[None], w, tok, impl="triton")
+
+    fn = {"naive": naive, "chunked": chunked, "hidden": hidden_path, "fused": fused}[method]
 
     def once():
         with torch.set_grad_enabled(mode == "train"):
@@ -120,7 +125,7 @@ def main(argv=None):
                     if mode == "train" and device == "cpu" and tokens * vocab > 2048 * 151936:
                         continue  # a CPU backward at this size takes minutes per repeat
                     base = None
-                    for method in METHODS:
+                    for method in METHODS if device == "cuda" else METHODS[:3]:
                         r = measure(method, tokens, vocab, hidden, mode, device, args.repeats)
                         base = base or r
                         rows.append({"mode": mode, "tokens": tokens, "vocab": vocab, "hidden": hidden,

@@ -8,10 +8,13 @@ the backward pass.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import _checks
+from . import _checks, triton_stats
 
 DEFAULT_CHUNK_SIZE = None  #: rows per chunk; None: as many as fit CHUNK_ELEMENTS
 CHUNK_ELEMENTS = 1 << 24  #: float32 elements of one chunk's logits (64 MiB) when chunk_size is None
@@ -111,16 +114,25 @@ class _LinearTokenStats(torch.autograd.Function):
     ``[N, V]`` logits never exist whole, in any precision. Backward (closed form, as verl's
     ``FusedLinearForPPO``): with ``z`` the scaled logits, ``p = softmax(z)``,
     ``dz = g_logp * (onehot - p) - g_H * p * (log p + H)``.
+
+    ``impl="torch"``: the chunk's statistics and gradient in float32 PyTorch ops (the reference).
+    ``impl="triton"``: the fused kernels of :mod:`workbench.triton_stats`, which read the chunk's
+    logits (in the weight's dtype) once per direction and write the gradient over them.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, chunk_size):
+    @torch.amp.custom_fwd(device_type="cuda")  # the backward recomputes under the forward's autocast
+    def forward(ctx, hidden, weight, tokens, temperature, chunk_size, impl):
         N = hidden.shape[0]
         logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
         ent = torch.empty(N, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
         for start in range(0, N, chunk_size):
             rows = slice(start, start + chunk_size)
+            if impl == "triton":
+                lse[rows], logp[rows], ent[rows] = triton_stats.stats_forward(hidden[rows] @ weight.T, tokens[rows],
+                                                                              temperature)
+                continue
             z = (hidden[rows] @ weight.T).float() / temperature
             lse_c = z.logsumexp(-1)
             logp_all = z - lse_c[:, None]
@@ -130,10 +142,11 @@ class _LinearTokenStats(torch.autograd.Function):
             logp[rows] = logp_all.gather(-1, tokens[rows, None]).squeeze(-1)
             ent[rows] = -plogp.sum(-1)
         ctx.save_for_backward(hidden, weight, tokens, lse, ent)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.temperature, ctx.chunk_size, ctx.impl = temperature, chunk_size, impl
         return logp, ent
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_logp, grad_ent):
         hidden, weight, tokens, lse, ent = ctx.saved_tensors
         T, chunk = ctx.temperature, ctx.chunk_size
@@ -141,6 +154,16 @@ class _LinearTokenStats(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
+            if ctx.impl == "triton":  # the gradient overwrites the recomputed logits, in their dtype
+                z = hidden[rows] @ weight.T
+                dz = triton_stats.stats_backward(
+                    z, tokens[rows], lse[rows], ent[rows], None if grad_logp is None else grad_logp[rows],
+                    None if grad_ent is None else grad_ent[rows], T, out=z)
+                if grad_hidden is not None:
+                    grad_hidden[rows] = dz @ weight
+                if grad_weight is not None:
+                    grad_weight += (dz.T @ hidden[rows]).float()
+                continue
             z = (hidden[rows] @ weight.T).float() / T
             logp_all = z - lse[rows, None]
             p = logp_all.exp()
@@ -156,7 +179,58 @@ class _LinearTokenStats(torch.autograd.Function):
                 grad_hidden[rows] = (dz @ weight.float()).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight += dz.T @ hidden[rows].float()
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+
+
+IMPLS = ("auto", "torch", "triton")
+_TRITON_CHECKED: dict[str, bool] = {}
+
+
+def _resolve_impl(impl: str, device: torch.device) -> str:
+    """``"auto"``: ``$WORKBENCH_STATS_IMPL`` if set, else the Triton kernels on CUDA once they have
+    matched the PyTorch path on this device (checked on first use; a failure warns and keeps
+    PyTorch), else PyTorch."""
+    _checks.choice("impl", impl, IMPLS)
+    if impl == "auto":
+        impl = os.environ.get("WORKBENCH_STATS_IMPL", "auto")
+        _checks.choice("WORKBENCH_STATS_IMPL", impl, IMPLS)
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and _triton_works(device) else "torch"
+    if impl == "triton" and not triton_stats.available(device):
+        raise RuntimeError(f"impl='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
+                           f"got a {device.type} tensor" + ("" if triton_stats.triton else " and no triton installed"))
+    return impl
+
+
+def _triton_works(device: torch.device) -> bool:
+    key = str(device)
+    if key not in _TRITON_CHECKED:
+        _TRITON_CHECKED[key] = False
+        if triton_stats.available(device):
+            try:
+                _TRITON_CHECKED[key] = _parity(device) < 1e-3
+                if not _TRITON_CHECKED[key]:
+                    warnings.warn(f"the Triton token-statistics kernels disagree with PyTorch on {key}; "
+                                  "using the PyTorch path", stacklevel=3)
+            except Exception as e:  # a compiler or driver problem: keep the reference path
+                warnings.warn(f"the Triton token-statistics kernels failed on {key} ({type(e).__name__}: {e}); "
+                              "using the PyTorch path", stacklevel=3)
+    return _TRITON_CHECKED[key]
+
+
+def _parity(device: torch.device) -> float:
+    """Largest difference between the two paths (values and both gradients) on a small case."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(40, 64, generator=g).to(device)
+    w = (torch.randn(1000, 64, generator=g) / 8).to(device)
+    tok = torch.randint(0, 1000, (40,), generator=g).to(device)
+    out = []
+    for impl in ("torch", "triton"):
+        hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        logp, ent = _LinearTokenStats.apply(hh, ww, tok, 0.9, 16, impl)
+        (logp.sum() + 0.5 * ent.sum()).backward()
+        out.append(torch.cat([logp.detach(), ent.detach(), hh.grad.flatten(), ww.grad.flatten()]))
+    return float((out[0] - out[1]).abs().max())
 
 
 def token_stats_from_hidden(
@@ -168,12 +242,18 @@ def token_stats_from_hidden(
     temperature: float = 1.0,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_stats` of ``logits = hidden @ weight.T`` without ever holding those logits.
 
     ``hidden [B, T, H]`` are the final hidden states that produced ``tokens [B, T]``,
     ``weight [V, H]`` the LM head (no bias). Only ``chunk_size x V`` logits exist at a time,
     in the forward and the backward pass; gradients reach ``hidden`` and ``weight``.
+
+    ``impl``: ``"torch"`` (float32 PyTorch ops per chunk, the reference), ``"triton"`` (the fused
+    kernels of :mod:`workbench.triton_stats`: one read of each chunk's logits per direction, the
+    gradient written over them), or ``"auto"`` (default): ``$WORKBENCH_STATS_IMPL`` if set, else
+    Triton on CUDA once it has matched PyTorch on a small case on that device, else PyTorch.
     """
     hidden = _checks.tensor("hidden", hidden)
     weight = _checks.tensor("weight", weight)
@@ -194,7 +274,9 @@ def token_stats_from_hidden(
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"tokens has an id outside [0, {V}) at valid position {idx}")
     flat_tok = torch.where(m, tokens, torch.zeros_like(tokens)).reshape(-1).long()
-    logp, ent = _LinearTokenStats.apply(hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size)
+    impl = _resolve_impl(impl, hidden.device)
+    logp, ent = _LinearTokenStats.apply(hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size,
+                                        impl)
     if not entropy_grad:
         ent = ent.detach()
     zero = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -228,6 +310,7 @@ def token_stats_from_model(
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     entropy_grad: bool = False,
     method: str = "auto",
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a causal LM on ``input_ids [B, L]`` and return stats of its last ``response_len`` tokens.
 
@@ -241,7 +324,8 @@ def token_stats_from_model(
     states and the LM-head weight (:func:`token_stats_from_hidden`: no ``[tokens, vocab]``
     logits are ever held); ``"logits"`` takes the model's logits (:func:`token_stats`);
     ``"auto"`` (default) uses ``"hidden"`` whenever the logits are a plain linear map of the
-    hidden states (no bias, no soft-capping), else ``"logits"``.
+    hidden states (no bias, no soft-capping), else ``"logits"``. ``impl`` picks the kernels of
+    the ``"hidden"`` method (see :func:`token_stats_from_hidden`).
     """
     _checks.choice("method", method, ("auto", "hidden", "logits"))
     input_ids = _checks.tensor("input_ids", input_ids)
@@ -266,7 +350,7 @@ def token_stats_from_model(
         decoder, weight = linear
         hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state[:, -(response_len + 1) : -1, :]
         return token_stats_from_hidden(hidden, weight, tokens, response_mask, temperature=temperature,
-                                       chunk_size=chunk_size, entropy_grad=entropy_grad)
+                                       chunk_size=chunk_size, entropy_grad=entropy_grad, impl=impl)
     try:
         out = model(input_ids=input_ids, logits_to_keep=response_len + 1, **kwargs)
     except TypeError:  # models without logits_to_keep
