@@ -189,3 +189,31 @@ def test_from_model_hidden_and_logits_paths_agree():
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="method must be one of"):
         token_stats_from_model(model, ids, method="fused")
+
+
+def test_token_stats_from_a_ddp_wrapped_model(tmp_path):
+    """Under DDP the statistics still come from the hidden states (the forward runs through the
+    wrapper, which keeps only one position's logits) and equal the unwrapped model's."""
+    import torch.distributed as dist
+
+    from workbench.config import DEFAULT_INIT
+    from workbench.models import load_model
+
+    model, tok = load_model(DEFAULT_INIT)
+    ids = tok(["123+456=975|579", "12+4=61|16"], return_tensors="pt", padding=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        kept = []
+        hook = model.lm_head.register_forward_hook(lambda m, a, out: kept.append(out.shape[1]))
+        got = token_stats_from_model(ddp, ids["input_ids"], ids["attention_mask"], response_len=6)
+        want = token_stats_from_model(model, ids["input_ids"], ids["attention_mask"], response_len=6,
+                                      method="logits")
+        hook.remove()
+        got[0].sum().backward()  # the gradient reaches the LM head through the wrapper
+        assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    finally:
+        dist.destroy_process_group()
+    assert kept[0] == 1  # the wrapped forward computed one position's logits, not the response's
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)

@@ -299,6 +299,18 @@ def _linear_head(model):
     return decoder, head.weight
 
 
+def _decoder_output(model, decoder, input_ids, kwargs) -> torch.Tensor:
+    """The decoder's final hidden states from a forward of the whole (wrapped) model that computes
+    the logits of the last position only (``logits_to_keep=1``)."""
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+    try:
+        model(input_ids=input_ids, logits_to_keep=1, **kwargs)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 def token_stats_from_model(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -343,12 +355,17 @@ def token_stats_from_model(
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs["position_ids"] = position_ids
     tokens = input_ids[:, -response_len:]
-    linear = _linear_head(model) if method != "logits" else None
+    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    linear = _linear_head(model.module if wrapped else model) if method != "logits" else None
     if method == "hidden" and linear is None:
         raise ValueError("method='hidden' needs a model whose logits are decoder(...) @ lm_head.weight.T")
     if linear is not None:
         decoder, weight = linear
-        hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state[:, -(response_len + 1) : -1, :]
+        if wrapped:  # DDP: forward through the wrapper (it syncs the gradients), one position's logits
+            hidden = _decoder_output(model, decoder, input_ids, kwargs)
+        else:
+            hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state
+        hidden = hidden[:, -(response_len + 1) : -1, :]
         return token_stats_from_hidden(hidden, weight, tokens, response_mask, temperature=temperature,
                                        chunk_size=chunk_size, entropy_grad=entropy_grad, impl=impl)
     try:
