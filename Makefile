@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 NOTEBOOK_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install browser-deps run train demo test clean
+.PHONY: install browser-deps verl-env run train demo test clean
 
 # torch comes first and pinned: the CPU wheel on disk, never a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -20,6 +20,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# verl in its own venv (tests/verl, workbench.integrations.verl): verl pins transformers<5.11 and
+# hydra's antlr4-python3-runtime 4.9, which breaks math-verify here. verl[verl-core] brings what
+# verl's trainer modules import (TransferQueue, cachetools); torch stays the CPU 2.13.0 wheel.
+VERL_VENV ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+$(VERL_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0 'verl[verl-core]==0.9.1' pytest
+	$(VERL_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(VERL_STAMP)
+
+verl-env: $(VERL_STAMP)
 
 # Debian's chromium and Playwright's Python package, for the real-browser notebook check.
 browser-deps: install
@@ -38,7 +53,7 @@ train: install
 	$(PY) -m workbench train --algorithm gtpo --steps 100 --prompts-per-step 32 --lr 1e-4 \
 		--output-dir runs/gtpo-default --overwrite
 
-test: install browser-deps
+test: install browser-deps verl-env
 	WORKBENCH_FAST=1 $(PY) -m pytest tests notebooks $(NOTEBOOK_FLAGS)
 
 clean:
