@@ -59,3 +59,16 @@ def test_greedy_with_several_samples_per_prompt(warm):
     model, tok = warm
     g = generate(model, tok, PROMPTS[:1], n=3, max_new_tokens=12, do_sample=False)
     assert len(set(g.texts)) == 1 and len(g.texts) == 3
+
+
+def test_static_cache_gives_the_same_samples(warm):
+    """The static cache (compiled on CUDA) pads prompts further; the samples stay the same."""
+    model, tok = warm
+    out = {}
+    for cache in ("dynamic", "static"):
+        torch.manual_seed(0)
+        out[cache] = generate(model, tok, PROMPTS, n=2, max_new_tokens=12, cache=cache)
+    assert out["static"].prompt_ids.shape[1] == 32 and out["dynamic"].prompt_ids.shape[1] == 8
+    assert out["static"].texts == out["dynamic"].texts
+    with pytest.raises(ValueError, match="cache must be"):
+        generate(model, tok, PROMPTS, cache="paged")

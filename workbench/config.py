@@ -54,6 +54,7 @@ class TrainConfig:
     max_new_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    generation_cache: str = "dynamic"  #: dynamic (prompt computed once per group) | static (compiled decode on CUDA)
     # update
     lr: float = 2e-4
     lr_schedule: str = "constant"  #: constant | linear | cosine
@@ -135,6 +136,7 @@ class TrainConfig:
             raise ValueError(f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})")
         choices = {"lr_schedule": ("constant", "linear", "cosine"), "device": ("auto", "cpu", "cuda"),
                    "mixed_precision": ("auto", "no", "bf16", "fp16"), "parallel": ("ddp", "fsdp"),
+                   "generation_cache": ("dynamic", "static"),
                    "rollout": ("sharded", "replicated")}
         for name, options in choices.items():
             if getattr(self, name) not in options:

@@ -47,21 +47,29 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 16, do_sample: bool = True,
              temperature: float = 1.0, top_p: float = 1.0, autocast=None, synced_gpus: bool = False,
-             share_prompt: bool = True) -> Generated:
+             share_prompt: bool = True, cache: str = "dynamic") -> Generated:
     """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch).
 
     ``share_prompt``: with ``n > 1``, run each prompt through the model once and copy its KV cache
     to the ``n`` samples, instead of recomputing the prompt ``n`` times (same samples for the same
-    seed, up to float rounding). ``synced_gpus``: keep running forward passes until every process
-    has finished (needed when the parameters are sharded over processes, as with FSDP: every
-    forward is collective).
+    seed, up to float rounding). ``cache="static"``: transformers' static KV cache instead, which
+    it compiles the decode step for on CUDA (prompts are padded to a multiple of 32 tokens so
+    that few shapes are compiled; the prompt is not shared then). ``synced_gpus``: keep running
+    forward passes until every process has finished (needed when the parameters are sharded over
+    processes, as with FSDP: every forward is collective).
     """
     if not prompts:
         raise ValueError("prompts is empty")
+    if cache not in ("dynamic", "static"):
+        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    pad_to_multiple_of=32 if cache == "static" else None).to(device)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+        share_prompt = False
     if synced_gpus:
         kwargs["synced_gpus"] = True
     if do_sample:

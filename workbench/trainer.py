@@ -232,7 +232,7 @@ class Trainer:
         prompts = format_prompts(self.tokenizer, prompts, c.chat_template)
         return generate(self.unwrapped, self.tokenizer, prompts, n=n, max_new_tokens=c.max_new_tokens,
                         do_sample=do_sample, temperature=c.temperature, top_p=c.top_p,
-                        autocast=self.accelerator.autocast(), synced_gpus=self.fsdp)
+                        autocast=self.accelerator.autocast(), synced_gpus=self.fsdp, cache=c.generation_cache)
 
     def _score(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
         if not grad and model is self.model:
