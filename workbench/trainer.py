@@ -286,10 +286,9 @@ class Trainer:
             rounds += 1
         time_rollout = time.perf_counter() - t0
         kept = kept[: hi - lo]
-        groups, zero_std, seen, generated = len(kept), zero_std, seen, generated
-        if self.sharded_rollout:
-            groups, zero_std, seen, generated = (int(v) for v in self._sum_over_processes(groups, zero_std, seen,
-                                                                                         generated))
+        groups = len(kept)
+        if self.sharded_rollout:  # the whole batch's counts
+            groups, zero_std, seen, generated = map(int, self._sum_over_processes(groups, zero_std, seen, generated))
         stats = {"groups": groups, "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
                  "generated_tokens": generated, "time_rollout": time_rollout}
         if not groups:
@@ -645,25 +644,25 @@ class Trainer:
             return row
         t1 = time.perf_counter()
         row.update(self._rollout_stats(batch))  # of the whole batch, before a replicated one is shared out
-        denominator = None
+        denominator, adv = None, None
         if self.world > 1:  # each process updates on its whole groups, normalised by the global batch
             if self.sharded_rollout:
                 denominator = self._sum_over_processes(0 if batch.idle else self._loss_denominator(batch.response_mask))[0]
             else:  # every process sampled the same batch
                 denominator = self._loss_denominator(batch.response_mask)
                 full = batch
-                if not self.fused_update:
-                    full_adv = self.advantages(full)
                 batch, rows = self._share(full)
                 if rows.start == rows.stop:  # fewer groups than processes: join the collectives at zero weight
                     rows = slice(0, full.group_size)
                     batch = dataclasses.replace(self._share(full, rows)[0], idle=True)
+                if not self.fused_update:  # from the whole batch (advantage_kwargs scale="batch" needs it)
+                    adv = self.advantages(full)[rows]
         idle = batch.idle
         self.loss_scale = 0.0 if idle else float(self.world)
         if self.fused_update:
             adv, metrics = self.fused_update_step(batch, step, denominator)
         else:
-            adv = full_adv[rows] if self.world > 1 and not self.sharded_rollout else self.advantages(batch)
+            adv = self.advantages(batch) if adv is None else adv
             metrics = self.update(batch, adv, step, denominator=denominator)
         if self.world > 1:
             metrics = self._reduce_metrics(metrics, 0.0 if idle else float(batch.response_mask.sum()))
