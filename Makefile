@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# verl in its own venv (tests/verl, workbench.integrations.verl): verl pins transformers<5.11 and
+# verl in its own venv (tests/inside_verl, workbench.integrations.verl): verl pins transformers<5.11 and
 # hydra's antlr4-python3-runtime 4.9, which breaks math-verify here. verl[verl-core] brings what
 # verl's trainer modules import (TransferQueue, cachetools); torch stays the CPU 2.13.0 wheel.
 VERL_VENV ?= .venv-verl

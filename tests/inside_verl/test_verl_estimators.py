@@ -2,7 +2,7 @@
 ``workbench.gtpo``/``grpo_s`` of the grouped tensors on verl's data layout, and the patched
 trainer code (legacy and v1) hands them the old policy's entropies.
 
-Run by tests/test_verl_integration.py; directly: ``.venv-verl/bin/python -m pytest tests/verl``.
+Run by tests/test_verl_integration.py; directly: ``.venv-verl/bin/python -m pytest tests/inside_verl``.
 """
 
 import json
