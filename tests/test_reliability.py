@@ -29,9 +29,10 @@ TIME_COLUMNS = {"time_rollout", "time_score", "time_update", "time_step", "token
 
 def _run_cmd(out: Path, steps: int) -> list[str]:
     config = {**BASE, "steps": steps, "output_dir": str(out)}
-    code = ("import sys, json; from workbench.trainer import train, resume; from pathlib import Path\n"
-            "c = json.loads(sys.argv[1]); p = Path(c['output_dir'])\n"
-            "(resume(p, progress=False) if (p / 'metrics.jsonl').exists() else train(c, progress=False))")
+    # a run killed after its first evaluation but before its first metrics row is resumed too
+    code = ("import sys, json; from workbench.trainer import train, resume; from workbench.runs import holds_run\n"
+            "c = json.loads(sys.argv[1]); p = c['output_dir']\n"
+            "(resume(p, progress=False) if holds_run(p) else train(c, progress=False))")
     return [sys.executable, "-c", code, json.dumps(config)]
 
 
@@ -39,7 +40,7 @@ def _steps(run) -> list[int]:
     return [int(s) for s in run.metrics["step"]]
 
 
-@pytest.mark.parametrize("point", ["checkpoint@2", "metrics@3"])
+@pytest.mark.parametrize("point", ["eval@0", "checkpoint@2", "metrics@3"])
 def test_fault_injected_mid_checkpoint_then_resume(tmp_path, point):
     out = tmp_path / "run"
     env = {**os.environ, "WORKBENCH_FAULT": point}

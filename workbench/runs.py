@@ -72,6 +72,13 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
+def holds_run(path) -> bool:
+    """Whether ``path`` holds a (possibly interrupted) run: what ``resume`` continues and
+    ``train`` refuses to overwrite unless asked."""
+    path = Path(path)
+    return any((path / f).exists() for f in ("metrics.jsonl", "eval.jsonl", "checkpoints/latest"))
+
+
 @dataclass
 class Run:
     """A run directory read back: config, metrics, evaluations and per-token samples."""

@@ -177,7 +177,7 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         d = self.run_dir
-        holds_run = any((d / f).exists() for f in ("metrics.jsonl", "eval.jsonl", "checkpoints/latest"))
+        holds_run = runs.holds_run(d)
         if holds_run and not resume:
             if not overwrite:
                 raise FileExistsError(f"output_dir {str(d)!r} already holds a run: resume it (resume=True), "
@@ -701,6 +701,7 @@ class Trainer:
             ev = self.evaluate() if main or self.fsdp else None  # FSDP: every forward is collective
             if main:
                 runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": 0, **ev})
+            _fault_point("eval", 0)
             self.accelerator.wait_for_everyone()
         while self.step < c.steps:
             step = self.step + 1
