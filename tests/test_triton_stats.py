@@ -108,6 +108,8 @@ def test_auto_selection(monkeypatch):
     with pytest.raises(ValueError, match="impl must be one of"):
         entropy._resolve_impl("cuda", cpu)
     assert entropy._parity(cpu) < 1e-4  # the self-check CUDA runs before it trusts the kernels
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as from a scoring pass
+        assert entropy._parity(cpu) < 1e-4
 
 
 def test_shape_errors():

@@ -225,11 +225,13 @@ def _parity(device: torch.device) -> float:
     w = (torch.randn(1000, 64, generator=g) / 8).to(device)
     tok = torch.randint(0, 1000, (40,), generator=g).to(device)
     out = []
-    for impl in ("torch", "triton"):
-        hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        logp, ent = _LinearTokenStats.apply(hh, ww, tok, 0.9, 16, impl)
-        (logp.sum() + 0.5 * ent.sum()).backward()
-        out.append(torch.cat([logp.detach(), ent.detach(), hh.grad.flatten(), ww.grad.flatten()]))
+    # the first call may come from a no-grad scoring pass under bf16 autocast: check in float32, with grads
+    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for impl in ("torch", "triton"):
+            hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            logp, ent = _LinearTokenStats.apply(hh, ww, tok, 0.9, 16, impl)
+            (logp.sum() + 0.5 * ent.sum()).backward()
+            out.append(torch.cat([logp.detach(), ent.detach(), hh.grad.flatten(), ww.grad.flatten()]))
     return float((out[0] - out[1]).abs().max())
 
 
