@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import _checks, triton_stats
+from . import _checks
 
 DEFAULT_CHUNK_SIZE = None  #: rows per chunk; None: as many as fit CHUNK_ELEMENTS
 CHUNK_ELEMENTS = 1 << 24  #: float32 elements of one chunk's logits (64 MiB) when chunk_size is None
@@ -130,7 +130,7 @@ class _LinearTokenStats(torch.autograd.Function):
         for start in range(0, N, chunk_size):
             rows = slice(start, start + chunk_size)
             if impl == "triton":
-                lse[rows], logp[rows], ent[rows] = triton_stats.stats_forward(hidden[rows] @ weight.T, tokens[rows],
+                lse[rows], logp[rows], ent[rows] = _triton().stats_forward(hidden[rows] @ weight.T, tokens[rows],
                                                                               temperature)
                 continue
             z = (hidden[rows] @ weight.T).float() / temperature
@@ -156,7 +156,7 @@ class _LinearTokenStats(torch.autograd.Function):
             rows = slice(start, start + chunk)
             if ctx.impl == "triton":  # the gradient overwrites the recomputed logits, in their dtype
                 z = hidden[rows] @ weight.T
-                dz = triton_stats.stats_backward(
+                dz = _triton().stats_backward(
                     z, tokens[rows], lse[rows], ent[rows], None if grad_logp is None else grad_logp[rows],
                     None if grad_ent is None else grad_ent[rows], T, out=z)
                 if grad_hidden is not None:
@@ -186,6 +186,13 @@ IMPLS = ("auto", "torch", "triton")
 _TRITON_CHECKED: dict[str, bool] = {}
 
 
+def _triton():
+    """:mod:`workbench.triton_stats`, imported on first use (importing triton takes a quarter second)."""
+    from . import triton_stats
+
+    return triton_stats
+
+
 def _resolve_impl(impl: str, device: torch.device) -> str:
     """``"auto"``: ``$WORKBENCH_STATS_IMPL`` if set, else the Triton kernels on CUDA once they have
     matched the PyTorch path on this device (checked on first use; a failure warns and keeps
@@ -196,9 +203,9 @@ def _resolve_impl(impl: str, device: torch.device) -> str:
         _checks.choice("WORKBENCH_STATS_IMPL", impl, IMPLS)
     if impl == "auto":
         return "triton" if device.type == "cuda" and _triton_works(device) else "torch"
-    if impl == "triton" and not triton_stats.available(device):
+    if impl == "triton" and not _triton().available(device):
         raise RuntimeError(f"impl='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
-                           f"got a {device.type} tensor" + ("" if triton_stats.triton else " and no triton installed"))
+                           f"got a {device.type} tensor" + ("" if _triton().triton else " and no triton installed"))
     return impl
 
 
@@ -206,7 +213,7 @@ def _triton_works(device: torch.device) -> bool:
     key = str(device)
     if key not in _TRITON_CHECKED:
         _TRITON_CHECKED[key] = False
-        if triton_stats.available(device):
+        if _triton().available(device):
             try:
                 _TRITON_CHECKED[key] = _parity(device) < 1e-3
                 if not _TRITON_CHECKED[key]:
