@@ -1,4 +1,7 @@
-"""The fused Triton kernels (run by Triton's interpreter on CPU) against float64 references."""
+"""The fused Triton kernels against float64 references: compiled on a CUDA GPU when there is one,
+else run by Triton's interpreter on CPU."""
+
+import math
 
 import pytest
 import torch
@@ -8,14 +11,15 @@ pytest.importorskip("triton", reason="the fused kernels need triton (in the dev 
 from workbench import entropy, triton_stats  # noqa: E402
 from workbench.entropy import token_stats_from_hidden  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not triton_stats.available(torch.device("cpu")),
-                                reason="needs TRITON_INTERPRET=1 on a machine without CUDA (tests/conftest.py sets it)")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(not triton_stats.available(DEVICE),
+                                reason="needs CUDA, or TRITON_INTERPRET=1 without it (tests/conftest.py sets it)")
 
 
 def reference(z64: torch.Tensor, tok: torch.Tensor, temperature: float):
     logp_all = (z64 / temperature).log_softmax(-1)
     p = logp_all.exp()
-    ent = -torch.where(p > 0, p * logp_all, torch.zeros((), dtype=z64.dtype)).sum(-1)
+    ent = -torch.where(p > 0, p * logp_all, torch.zeros((), dtype=z64.dtype, device=z64.device)).sum(-1)
     return (z64 / temperature).logsumexp(-1), logp_all.gather(-1, tok[:, None]).squeeze(-1), ent
 
 
@@ -24,7 +28,7 @@ def case(N, V, scale, seed=0):
     z = torch.randn(N, V, generator=g, dtype=torch.float64) * scale
     tok = torch.randint(0, V, (N,), generator=g)
     tok[0], tok[-1] = 0, V - 1  # the vocabulary's edges
-    return z, tok
+    return z.to(DEVICE), tok.to(DEVICE)
 
 
 @pytest.mark.parametrize("V", [7, 1000, 5000])  # one partial block, one, two blocks (BLOCK <= 4096)
@@ -36,7 +40,7 @@ def test_forward_matches_float64(V, scale, temperature):
     for got, want, name in zip((lse, logp, ent), ref, ("lse", "logp", "entropy")):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, atol=2e-5 * max(1.0, scale), rtol=1e-5, msg=name)
-    assert (logp <= 1e-6).all() and (ent >= -1e-6).all() and (ent <= torch.log(torch.tensor(float(V))) + 1e-4).all()
+    assert (logp <= 1e-6).all() and (ent >= -1e-6).all() and (ent <= math.log(V) + 1e-4).all()
 
 
 def test_forward_with_minus_infinity_logits():
@@ -56,8 +60,8 @@ def test_backward_matches_autograd(grads):
     z, tok = case(6, 1500, 5.0)
     T = 0.8
     g = torch.Generator().manual_seed(1)
-    g_logp = torch.randn(6, generator=g, dtype=torch.float64) if grads != "entropy" else None
-    g_ent = torch.randn(6, generator=g, dtype=torch.float64) if grads != "logp" else None
+    g_logp = torch.randn(6, generator=g, dtype=torch.float64).to(DEVICE) if grads != "entropy" else None
+    g_ent = torch.randn(6, generator=g, dtype=torch.float64).to(DEVICE) if grads != "logp" else None
     z64 = z.float().double().requires_grad_(True)
     _, logp, ent = reference(z64, tok, T)
     loss = (logp * g_logp).sum() if g_logp is not None else 0.0
@@ -78,10 +82,10 @@ def test_hidden_path_triton_equals_torch():
     """token_stats_from_hidden with the kernels gives the PyTorch path's values and gradients
     (several chunks, a mask, the entropy's own gradient)."""
     g = torch.Generator().manual_seed(2)
-    hidden = torch.randn(3, 5, 16, generator=g)
-    weight = torch.randn(700, 16, generator=g) / 4
-    tokens = torch.randint(0, 700, (3, 5), generator=g)
-    mask = torch.ones(3, 5, dtype=torch.bool)
+    hidden = torch.randn(3, 5, 16, generator=g).to(DEVICE)
+    weight = (torch.randn(700, 16, generator=g) / 4).to(DEVICE)
+    tokens = torch.randint(0, 700, (3, 5), generator=g).to(DEVICE)
+    mask = torch.ones(3, 5, dtype=torch.bool, device=DEVICE)
     mask[1, 3:] = False
     out = {}
     for impl in ("torch", "triton"):
@@ -96,24 +100,34 @@ def test_hidden_path_triton_equals_torch():
 
 
 def test_auto_selection(monkeypatch):
-    cpu = torch.device("cpu")
     monkeypatch.delenv("WORKBENCH_STATS_IMPL", raising=False)
-    assert entropy._resolve_impl("auto", cpu) == "torch"  # CPU: the PyTorch path, kernels or not
-    assert entropy._resolve_impl("triton", cpu) == "triton"  # asked for, and runnable here
-    monkeypatch.setenv("WORKBENCH_STATS_IMPL", "triton")
-    assert entropy._resolve_impl("auto", cpu) == "triton"
+    # CUDA: the kernels, once they passed the self-check; CPU: the PyTorch path, kernels or not
+    assert entropy._resolve_impl("auto", DEVICE) == ("triton" if DEVICE.type == "cuda" else "torch")
+    assert entropy._resolve_impl("triton", DEVICE) == "triton"  # asked for, and runnable here
+    monkeypatch.setenv("WORKBENCH_STATS_IMPL", "torch")
+    assert entropy._resolve_impl("auto", DEVICE) == "torch"
     monkeypatch.setenv("WORKBENCH_STATS_IMPL", "fast")
     with pytest.raises(ValueError, match="WORKBENCH_STATS_IMPL must be one of"):
-        entropy._resolve_impl("auto", cpu)
+        entropy._resolve_impl("auto", DEVICE)
     with pytest.raises(ValueError, match="impl must be one of"):
-        entropy._resolve_impl("cuda", cpu)
-    assert entropy._parity(cpu) < 1e-4  # the self-check CUDA runs before it trusts the kernels
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as from a scoring pass
-        assert entropy._parity(cpu) < 1e-4
+        entropy._resolve_impl("cuda", DEVICE)
+    assert entropy._parity(DEVICE) < 1e-4  # the self-check CUDA runs before it trusts the kernels
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):  # as from a scoring pass
+        assert entropy._parity(DEVICE) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16 logits on a GPU (the trainer's mixed precision)")
+def test_bfloat16_logits_on_gpu():
+    z, tok = case(64, 151936 // 8, 4.0)
+    lse, logp, ent = triton_stats.stats_forward(z.bfloat16(), tok, 1.0)
+    ref = reference(z.bfloat16().double(), tok, 1.0)
+    for got, want in zip((lse, logp, ent), ref):
+        torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=1e-4)
 
 
 def test_shape_errors():
     with pytest.raises(ValueError, match="tokens has shape"):
-        triton_stats.stats_forward(torch.zeros(3, 10), torch.zeros(4, dtype=torch.long))
+        triton_stats.stats_forward(torch.zeros(3, 10, device=DEVICE), torch.zeros(4, dtype=torch.long, device=DEVICE))
     with pytest.raises(ValueError, match="contiguous rows"):
-        triton_stats.stats_forward(torch.zeros(10, 3).T, torch.zeros(3, dtype=torch.long))
+        triton_stats.stats_forward(torch.zeros(10, 3, device=DEVICE).T, torch.zeros(3, dtype=torch.long, device=DEVICE))
