@@ -28,6 +28,12 @@ def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
                      settings=[{"task": "chain", "task_params": {"steps": 2}}], progress=True)
     assert capsys.readouterr().out.count(": done") == 4  # nothing retrained
     pd.testing.assert_frame_equal(table, again)
+    # a further setting in the same study: this call's table is its own, results.csv holds both
+    more = run_grid(tmp_path, algorithms=["grpo"], seeds=[0], base=TINY,
+                    settings=[{"task": "chain", "task_params": {"steps": 3}}], progress=False)
+    assert list(more["chain_steps"]) == [3]
+    stored = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(stored["chain_steps"]) == [2, 2, 2, 2, 3]
 
 
 def test_confidence_interval_hand_values():

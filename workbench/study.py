@@ -56,7 +56,9 @@ def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = Non
     """Train every (setting, algorithm, seed) cell not yet finished; return :func:`summarize` of all.
 
     ``settings`` are dicts of TrainConfig overrides (e.g. ``{"task": "chain", "task_params":
-    {"steps": 8}}``); ``base`` holds the overrides shared by every cell.
+    {"steps": 8}}``); ``base`` holds the overrides shared by every cell. ``results.csv`` in
+    ``root`` summarises every finished cell there, also those of earlier calls with other
+    settings (a study grown one setting at a time keeps one table).
     """
     root = Path(root)
     base = dict(base or {})
@@ -80,9 +82,8 @@ def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = Non
         if not keep_checkpoints:
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
         (path / "DONE").write_text("ok\n")
-    table = summarize([p for p, _ in cells])
-    table.to_csv(root / "results.csv", index=False)
-    return table
+    summarize(sorted(p.parent for p in root.glob("runs/*/*/DONE"))).to_csv(root / "results.csv", index=False)
+    return summarize([p for p, _ in cells])
 
 
 def _cell_state(path: Path, steps: int | None) -> str:
