@@ -29,7 +29,6 @@ VERL_STAMP := $(VERL_VENV)/.installed
 $(VERL_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VERL_VENV)
 	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0 'verl[verl-core]==0.9.1' pytest
 	$(VERL_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(VERL_STAMP)

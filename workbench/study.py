@@ -82,8 +82,9 @@ def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = Non
         if not keep_checkpoints:
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
         (path / "DONE").write_text("ok\n")
-    summarize(sorted(p.parent for p in root.glob("runs/*/*/DONE"))).to_csv(root / "results.csv", index=False)
-    return summarize([p for p, _ in cells])
+    table = summarize(sorted(p.parent for p in root.glob("runs/*/*/DONE")))
+    table.to_csv(root / "results.csv", index=False)
+    return table.set_index("run").loc[[str(p) for p, _ in cells]].reset_index()  # this call's cells, in order
 
 
 def _cell_state(path: Path, steps: int | None) -> str:
@@ -97,7 +98,7 @@ def _cell_state(path: Path, steps: int | None) -> str:
 
 def summarize_run(run) -> dict:
     """One row of the results table for a finished run."""
-    run = runs.load_run(run) if not isinstance(run, runs.Run) else run
+    run = _as_run(run)
     config, m, ev = run.config, run.metrics, run.evals
     steps = int(config["steps"])
     acc = ev["greedy_accuracy"].to_numpy() if len(ev) else np.array([np.nan])
