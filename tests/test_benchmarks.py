@@ -1,5 +1,6 @@
 """Every benchmark runs at a tiny size, so none of them rots (their real sizes are in benchmarks/README.md)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run(*args, timeout=600):
-    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=600, env=None):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -39,3 +40,13 @@ def test_step_vs_trl_smoke():
     pytest.importorskip("trl", reason="TRL is the benchmark-only extra: pip install -e '.[bench]'")
     out = run(BENCH / "step_vs_trl.py", "--smoke")
     assert "ratio TRL/ours" in out and "ours" in out and "trl" in out
+
+
+def test_kernel_resources_compiles_for_an_h100():
+    """The fused kernels pass Triton's compiler and ptxas for sm_90, and none spills registers."""
+    pytest.importorskip("triton.backends.nvidia", reason="needs triton with its NVIDIA backend (Linux)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest sets it without a GPU
+    out = run(BENCH / "kernel_resources.py", "--arch", "90", env=env)
+    assert "12 kernels compiled; 0 spill registers to local memory" in out
+    for kernel in ("forward", "backward(logp)", "backward(logp+entropy)", "backward(entropy)"):
+        assert out.count(f"sm_90 {kernel:>22}") == 3, kernel  # float32, bfloat16, float16

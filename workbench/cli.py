@@ -46,7 +46,7 @@ def _warmstart(args) -> int:
     from .warmstart import warm_start
 
     kwargs = {k: v for k, v in vars(args).items() if k in ("task", "seed", "target_accuracy", "max_steps", "out",
-                                                            "eval_size", "eval_every")}
+                                                            "eval_size", "eval_every", "init", "batch_size", "lr")}
     kwargs["task_params"] = json.loads(args.task_params)
     if kwargs["out"] is None:
         del kwargs["out"]
@@ -135,9 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-accuracy", type=float, default=0.2)
     p.add_argument("--max-steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64, help="worked solutions per SFT step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--eval-every", type=int, default=25, help="SFT steps between accuracy checks")
     p.add_argument("--eval-size", type=int, default=256, help="held-out problems per accuracy check")
-    p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="continue from this local checkpoint (e.g. a warm start on shorter chains) instead of a fresh model")
+    p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path); "
+                   "an interrupted warm start resumes when called again with the same arguments")
     p.set_defaults(func=_warmstart)
     return parser
 

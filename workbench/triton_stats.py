@@ -104,7 +104,7 @@ def stats_forward(z: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.
     out = [torch.empty(N, dtype=torch.float32, device=z.device) for _ in range(3)]
     if N:
         _forward_kernel[(N,)](z, z.stride(0), tokens.long().contiguous(), *out, V, 1.0 / temperature,
-                              BLOCK=_block(V))
+                              BLOCK=_block(V), enable_fp_fusion=True)
     return tuple(out)
 
 
@@ -126,5 +126,6 @@ def stats_backward(z: torch.Tensor, tokens: torch.Tensor, lse: torch.Tensor, ent
             z, z.stride(0), out, out.stride(0), tokens.long().contiguous(), lse, entropy,
             dummy if grad_logp is None else grad_logp.float().contiguous(),
             dummy if grad_entropy is None else grad_entropy.float().contiguous(), V, 1.0 / temperature,
-            HAS_GLOGP=grad_logp is not None, HAS_GENT=grad_entropy is not None, BLOCK=_block(V))
+            HAS_GLOGP=grad_logp is not None, HAS_GENT=grad_entropy is not None, BLOCK=_block(V),
+            enable_fp_fusion=True)
     return out

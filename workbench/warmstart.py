@@ -1,17 +1,22 @@
 """Warm start: supervised fine-tuning of the tiny model on the tasks' worked solutions.
 
 RL needs a policy that is right some of the time. The shipped checkpoint
-(``data/checkpoints/addition-warmstart``) is rebuilt, bit for bit on CPU, by::
+(``data/checkpoints/addition-warmstart``) was made by::
 
     python -m workbench warmstart
 
 which trains until held-out greedy accuracy first reaches ``target_accuracy`` (checked every
-``eval_every`` steps) and saves there, so that RL starts from a partly competent policy.
+``eval_every`` steps) and saves there, so that RL starts from a partly competent policy. The run
+is deterministic on one machine (an interrupted one resumes to the same bits), but float sums
+follow the CPU's vector kernels, so another CPU type rebuilds a model of the same recipe with
+other bits (and possibly another stopping step).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +25,10 @@ from tqdm.auto import tqdm
 
 from .config import DEFAULT_INIT
 from .generation import accuracy
-from .models import build_tiny_model, count_parameters, save_model
+from .models import build_tiny_model, count_parameters, load_model, save_model
+from .runs import atomic_write_text
 from .tasks import get_task
+from .tasks.base import check_int
 from .tokenizer import build_char_tokenizer
 
 __all__ = ["warm_start", "sft_batch"]
@@ -47,25 +54,54 @@ def sft_batch(tokenizer, examples, device="cpu"):
 def warm_start(*, task: str = "addition", task_params: dict | None = None, max_steps: int = 3000,
                batch_size: int = 64, lr: float = 1e-3, seed: int = 0, target_accuracy: float = 0.2,
                min_steps: int = 100, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int | None = None,
-               model_params: dict | None = None, out: str | Path = DEFAULT_INIT, progress: bool = True) -> dict:
-    """Train a fresh tiny model on worked solutions; save it to ``out`` once it reaches the target.
+               model_params: dict | None = None, init: str | Path | None = None, out: str | Path = DEFAULT_INIT,
+               progress: bool = True) -> dict:
+    """Train a tiny model on worked solutions; save it to ``out`` once it reaches the target.
 
-    ``max_new_tokens`` for the accuracy checks defaults to the task's ``max_response_tokens``.
-    Returns a summary dict (also written to ``out/warmstart.json``).
+    The model is fresh, or continues from the local checkpoint ``init`` (a curriculum: a model
+    warm-started on shorter chains). ``max_new_tokens`` for the accuracy checks defaults to the
+    task's ``max_response_tokens``. At every accuracy check the model, optimizer and step are
+    saved atomically next to ``out`` (``.<out name>.progress``); calling again with the same
+    arguments resumes from there, with the same result as an uninterrupted run, and the progress
+    is removed once ``out`` is written. Returns a summary dict (also ``out/warmstart.json``) with
+    the accuracy at every check in ``curve``.
     """
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
-    torch.manual_seed(seed)
+    check_int("max_steps", max_steps, 1)
+    check_int("eval_every", eval_every, 1)
+    check_int("batch_size", batch_size, 1)
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr!r}")
+    if init is not None and model_params:
+        raise ValueError("model_params cannot change a model continued from init; leave one of them out")
     t = get_task(task, **(task_params or {}))
     if max_new_tokens is None:
         max_new_tokens = t.max_response_tokens
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, seed=seed, **(model_params or {}))
+    out = Path(out)
+    settings = {"task": task, "task_params": task_params or {}, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "model_params": model_params or {}, "init": None if init is None else str(init)}
+    progress_dir = out.with_name(f".{out.name}.progress")
+    state = _load_progress(progress_dir, settings)
+    if state is not None:
+        model, tokenizer = load_model(progress_dir / "model")
+    elif init is not None:
+        model, tokenizer = load_model(init)
+        tokenizer.padding_side = "left"
+    else:
+        torch.manual_seed(seed)
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tokenizer, seed=seed, **(model_params or {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    done, curve, seconds = 0, [], 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        done, curve, seconds = state["step"], state["curve"], state["seconds"]
     eval_examples = t.generate("eval", eval_size, 1234)
-    start = time.perf_counter()
-    acc, step = 0.0, 0
-    bar = tqdm(range(1, max_steps + 1), desc="warm start", disable=not progress)
+    start = time.perf_counter() - seconds
+    acc = curve[-1]["greedy_accuracy"] if curve else 0.0
+    step = done
+    bar = tqdm(range(done + 1, max_steps + 1), desc="warm start", disable=not progress, initial=done, total=max_steps)
     for step in bar:
         model.train()
         batch = sft_batch(tokenizer, t.generate("train", batch_size, seed * 1_000_003 + step))
@@ -76,9 +112,12 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         optimizer.zero_grad(set_to_none=True)
         if step >= min_steps and step % eval_every == 0:
             acc = accuracy(model, tokenizer, t, eval_examples, max_new_tokens=max_new_tokens)
+            curve.append({"step": step, "loss": round(loss.item(), 4), "greedy_accuracy": acc})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
             if acc >= target_accuracy:
                 break
+            _save_progress(progress_dir, model, tokenizer, optimizer, settings,
+                           {"step": step, "curve": curve, "seconds": time.perf_counter() - start})
     summary = {
         "task": task, "task_params": task_params or {}, "steps": step, "batch_size": batch_size, "lr": lr,
         "seed": seed, "target_accuracy": target_accuracy, "greedy_accuracy": acc, "eval_size": eval_size,
@@ -86,10 +125,45 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         "command": (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
                     + (f" --task-params '{json.dumps(task_params)}'" if task_params else "")
                     + (f" --max-steps {max_steps}" if max_steps != 3000 else "")
+                    + (f" --batch-size {batch_size}" if batch_size != 64 else "")
+                    + (f" --lr {lr}" if lr != 1e-3 else "")
                     + (f" --eval-every {eval_every}" if eval_every != 25 else "")
                     + (f" --eval-size {eval_size}" if eval_size != 256 else "")
+                    + ("" if init is None else f" --init {init}")
                     + ("" if str(out) == DEFAULT_INIT else f" --out {out}")),
     }
+    if init is not None:
+        summary["init"] = str(init)
+    summary["curve"] = curve
     path = save_model(model, tokenizer, out)
-    (path / "warmstart.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(path / "warmstart.json", json.dumps(summary, indent=2))
+    shutil.rmtree(progress_dir, ignore_errors=True)
     return summary
+
+
+def _save_progress(path: Path, model, tokenizer, optimizer, settings: dict, state: dict) -> None:
+    """Model, optimizer and step of an unfinished warm start, replaced as a whole (temporary dir, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp / "model")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_write_text(tmp / "state.json", json.dumps({"settings": settings, **state}))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_progress(path: Path, settings: dict) -> dict | None:
+    """The saved state of an unfinished warm start with these settings, or None when there is none."""
+    if not (path / "state.json").is_file():
+        return None
+    state = json.loads((path / "state.json").read_text())
+    if state["settings"] != settings:
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        raise ValueError(f"{path} holds an unfinished warm start with other settings ({', '.join(changed)}); "
+                         "repeat its arguments to resume it, or delete the folder to start over")
+    state["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+    return state
