@@ -110,6 +110,8 @@ def save_model(model, tokenizer, path) -> Path:
     """Save model (safetensors) and tokenizer to ``path`` atomically (temporary dir, then rename)."""
     import shutil
 
+    from .runs import replace_dir
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -117,12 +119,7 @@ def save_model(model, tokenizer, path) -> Path:
     with quiet_hub_bars():
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
     return path
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["Run", "load_run", "atomic_write_text", "append_jsonl", "read_jsonl", "truncate_jsonl"]
+__all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -36,6 +36,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished directory ``tmp`` in place of ``path`` by renames: at every moment one
+    complete version exists (the old one is set aside, then removed once the new one is in)."""
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def append_jsonl(path: Path, row: dict) -> None:

@@ -15,7 +15,6 @@ other bits (and possibly another stopping step).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from .config import DEFAULT_INIT
 from .generation import accuracy
 from .models import build_tiny_model, count_parameters, load_model, save_model
-from .runs import atomic_write_text
+from .runs import atomic_write_text, replace_dir
 from .tasks import get_task
 from .tasks.base import check_int
 from .tokenizer import build_char_tokenizer
@@ -148,12 +147,7 @@ def _save_progress(path: Path, model, tokenizer, optimizer, settings: dict, stat
     save_model(model, tokenizer, tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     atomic_write_text(tmp / "state.json", json.dumps({"settings": settings, **state}))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
 
 
 def _load_progress(path: Path, settings: dict) -> dict | None:
