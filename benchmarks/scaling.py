@@ -3,6 +3,7 @@
     python benchmarks/scaling.py --grid cpu      # the CPU table in benchmarks/README.md
     python benchmarks/scaling.py --grid gpu      # Qwen2.5-0.5B-sized model on a CUDA machine
     python benchmarks/scaling.py --grid smoke    # tiny, for the test suite
+    python benchmarks/scaling.py --grid gpu --generation-cache both   # static vs dynamic KV cache, same run
 
 Each case trains a randomly initialised Qwen2 model (built from a config, saved to a temporary
 directory with a tokenizer of the same vocabulary; nothing is downloaded) with the workbench
@@ -70,7 +71,7 @@ def _peak_mb(device: str) -> float:
 
 
 def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, device: str,
-             gradient_checkpointing: bool) -> dict:
+             gradient_checkpointing: bool, generation_cache: str = "dynamic") -> dict:
     """Train ``steps`` steps in this process (called in a subprocess); medians after the first."""
     import torch
 
@@ -80,7 +81,8 @@ def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(model=model_dir, algorithm="grpo", dynamic_sampling=False, prompts_per_step=prompts,
                              group_size=group, max_new_tokens=length, steps=steps, eval_size=1,
-                             gradient_checkpointing=gradient_checkpointing, device=device, output_dir=out,
+                             gradient_checkpointing=gradient_checkpointing, generation_cache=generation_cache,
+                             device=device, output_dir=out,
                              log_samples_every=10**6)
         trainer = Trainer(config, progress=False)
         if device == "cuda":
@@ -99,8 +101,9 @@ def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, 
     return med
 
 
-def measure(model_dir, prompts, group, length, steps, device, gradient_checkpointing) -> dict:
-    args = json.dumps([str(model_dir), prompts, group, length, steps, device, gradient_checkpointing])
+def measure(model_dir, prompts, group, length, steps, device, gradient_checkpointing, generation_cache) -> dict:
+    args = json.dumps([str(model_dir), prompts, group, length, steps, device, gradient_checkpointing,
+                       generation_cache])
     code = (f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); from scaling import run_case; "
             f"print(json.dumps(run_case(*json.loads({args!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -117,28 +120,38 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --grid gpu)")
     p.add_argument("--steps", type=int, default=3, help="steps per case; the first is not counted")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--generation-cache", choices=["dynamic", "static", "both"], default="dynamic",
+                   help="KV cache for the rollouts (static: preallocated, decode step compiled on CUDA); "
+                        "both: each case with each, and the static rollout time as a ratio of the dynamic one")
+    p.add_argument("--sweeps", nargs="+", choices=["length", "group"], default=["length", "group"])
     args = p.parse_args(argv)
     grid = GRIDS[args.grid]
     device = args.device or ("cuda" if args.grid == "gpu" else "cpu")
+    caches = ["dynamic", "static"] if args.generation_cache == "both" else [args.generation_cache]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(grid["model"], Path(tmp))
-        for sweep in ("length", "group"):
-            base = None
+        for sweep in args.sweeps:
+            base = {}
             for group, length in grid[sweep]:
-                r = measure(model_dir, grid["prompts"], group, length, args.steps, device, args.gradient_checkpointing)
-                row = {"sweep": sweep, "prompts": grid["prompts"], "group": group, "max_new_tokens": length}
-                if "error" in r:
-                    rows.append({**row, "error": r["error"]})
-                else:
-                    per_token = {k: r[k] / max(r["generated_tokens"], 1) for k in ("time_rollout", "time_update")}
-                    base = base or per_token
-                    rows.append({**row, "generated_tokens": int(r["generated_tokens"]),
-                                 "step_s": round(r["wall"], 3), "rollout_s": round(r["time_rollout"], 3),
-                                 "update_s": round(r["time_update"], 3), "peak_mb": round(r["peak_mb"]),
-                                 "rollout_per_token_vs_first": round(per_token["time_rollout"] / base["time_rollout"], 2),
-                                 "update_per_token_vs_first": round(per_token["time_update"] / base["time_update"], 2)})
-                print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
+                for cache in caches:
+                    r = measure(model_dir, grid["prompts"], group, length, args.steps, device,
+                                args.gradient_checkpointing, cache)
+                    row = {"sweep": sweep, "cache": cache, "prompts": grid["prompts"], "group": group,
+                           "max_new_tokens": length}
+                    if "error" in r:
+                        rows.append({**row, "error": r["error"]})
+                    else:
+                        per_token = {k: r[k] / max(r["generated_tokens"], 1) for k in ("time_rollout", "time_update")}
+                        first = base.setdefault(cache, per_token)
+                        rows.append({**row, "generated_tokens": int(r["generated_tokens"]),
+                                     "step_s": round(r["wall"], 3), "rollout_s": round(r["time_rollout"], 3),
+                                     "update_s": round(r["time_update"], 3), "peak_mb": round(r["peak_mb"]),
+                                     "rollout_per_token_vs_first": round(per_token["time_rollout"] / first["time_rollout"], 2),
+                                     "update_per_token_vs_first": round(per_token["time_update"] / first["time_update"], 2)})
+                        if cache == "static" and len(caches) == 2 and "rollout_s" in rows[-2]:
+                            rows[-1]["rollout_static_vs_dynamic"] = round(r["time_rollout"] / rows[-2]["rollout_s"], 2)
+                    print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
     print()
     print(f"model: {json.dumps(grid['model'])}, device: {device}")

@@ -24,8 +24,9 @@ def test_token_stats_smoke():
 
 
 def test_scaling_smoke():
-    out = run(BENCH / "scaling.py", "--grid", "smoke", "--steps", "2")
+    out = run(BENCH / "scaling.py", "--grid", "smoke", "--steps", "2", "--generation-cache", "both")
     assert "rollout_per_token_vs_first" in out and "update_per_token_vs_first" in out
+    assert "rollout_static_vs_dynamic" in out and "static" in out and "dynamic" in out
     assert "error" not in out  # every case ran
     assert out.count("length") >= 2 and out.count("group") >= 2  # both sweeps, live rows and the table
 
