@@ -86,7 +86,6 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         model, tokenizer = load_model(progress_dir / "model")
     elif init is not None:
         model, tokenizer = load_model(init)
-        tokenizer.padding_side = "left"
     else:
         torch.manual_seed(seed)
         tokenizer = build_char_tokenizer()
