@@ -141,8 +141,10 @@ class TrainConfig:
         for name, options in choices.items():
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
-        if self.model not in ("default", "tiny") and not Path(self.model).expanduser().is_dir():
-            raise FileNotFoundError(f"model: {self.model!r} is neither 'default', 'tiny' nor a local directory")
+        if self.model not in ("default", "tiny"):
+            from .models import check_model_source
+
+            check_model_source(self.model)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
 

@@ -17,7 +17,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
-__all__ = ["TINY_DEFAULTS", "build_tiny_model", "load_model", "save_model", "count_parameters", "quiet_hub_bars"]
+__all__ = ["TINY_DEFAULTS", "build_tiny_model", "check_model_source", "load_model", "save_model", "count_parameters", "quiet_hub_bars"]
 
 
 @contextmanager
@@ -56,6 +56,13 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **ove
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def check_model_source(model: str) -> None:
+    """Raise ``FileNotFoundError`` naming ``model`` unless it is something :func:`load_model` can
+    read (checked when a config is built, before a run directory is touched)."""
+    if not Path(os.fspath(model)).expanduser().is_dir():
+        raise FileNotFoundError(f"model: {model!r} is neither 'default', 'tiny' nor a local directory")
 
 
 def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
