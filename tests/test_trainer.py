@@ -184,3 +184,29 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     assert rows[False]["grad_norm"] > 0
     for key in ("reward", "entropy", "advantage_abs_mean", "policy_loss", "grad_norm"):
         assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("micro_batch_size", [0, 2])
+def test_each_minibatch_is_normalised_by_its_own_tokens(tmp_path, monkeypatch, micro_batch_size):
+    """token-mean: every optimizer step divides by its own mini-batch's valid tokens, shared by
+    the micro-batches of that mini-batch (not the first mini-batch's count reused)."""
+    import workbench.trainer as trainer_mod
+
+    calls = []
+    real = trainer_mod.policy_loss
+
+    def spy(logp_new, logp_old, advantages, mask, **kwargs):
+        calls.append((int(mask.sum()), kwargs["denominator"]))
+        return real(logp_new, logp_old, advantages, mask, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "policy_loss", spy)
+    trainer = Trainer(warm(tmp_path, algorithm="dapo", dynamic_sampling=False, minibatches=3, ppo_epochs=2,
+                           micro_batch_size=micro_batch_size), progress=False)
+    trainer.train_step(1)
+    per_mb = 1 if micro_batch_size == 0 else 2  # 12 rows in 3 mini-batches of 4, micro-batches of 2
+    assert len(calls) == 3 * 2 * per_mb
+    minibatches = [calls[i:i + per_mb] for i in range(0, len(calls), per_mb)]
+    for mb in minibatches:
+        tokens = sum(t for t, _ in mb)
+        assert all(d == tokens for _, d in mb), mb
+    assert len({sum(t for t, _ in mb) for mb in minibatches}) > 1  # the counts differ: the test can fail

@@ -448,8 +448,8 @@ class Trainer:
             if scored is not None:  # fused: one mini-batch in row order, matching the scored rows
                 order = torch.arange(B, device=advantages.device)
             for mb in order.chunk(c.minibatches):
-                if denominator is None:
-                    denominator = self._loss_denominator(batch.response_mask[mb])
+                # each optimizer step's own normaliser (the global one when this is a process's share)
+                mb_denominator = self._loss_denominator(batch.response_mask[mb]) if denominator is None else denominator
                 micro = c.micro_batch_size or len(mb)
                 n_micro = math.ceil(len(mb) / micro)
                 finite = True
@@ -465,7 +465,7 @@ class Trainer:
                     loss, metrics = policy_loss(
                         logp, batch.old_logp[idx][:, :T], advantages[idx][:, :T], mask,
                         logp_ref=None if batch.ref_logp is None else batch.ref_logp[idx][:, :T],
-                        entropies=ent if c.entropy_coef > 0 else None, denominator=denominator, **loss_kwargs)
+                        entropies=ent if c.entropy_coef > 0 else None, denominator=mb_denominator, **loss_kwargs)
                     if not self._all_finite(loss):
                         finite = False
                         break
