@@ -24,6 +24,7 @@ def test_records_have_the_trainer_schema(records):
     task = get_task("addition")
     prompts = [e.prompt for e in task.generate("eval", 3, 1)]
     assert [r["prompt"] for r in records] == prompts
+    assert [r["answer"] for r in records] == [e.answer for e in task.generate("eval", 3, 1)]
     for record in records:
         assert len(record["responses"]) == 4
         for resp in record["responses"]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -20,9 +22,15 @@ from workbench.runs import load_run
 
 def _response(tokens, entropies, reward, advantages=None):
     n = len(tokens)
-    return {"text": "".join(tokens), "tokens": tokens, "entropies": entropies,
-            "logprobs": [-0.5 * e for e in entropies], "advantages": advantages or [0.0] * n,
-            "reward": reward, "correct": reward > 0.5}
+    return {
+        "text": "".join(tokens),
+        "tokens": tokens,
+        "entropies": entropies,
+        "logprobs": [-0.5 * e for e in entropies],
+        "advantages": advantages or [0.0] * n,
+        "reward": reward,
+        "correct": reward > 0.5,
+    }
 
 
 def _record(step, group=0, scale=1.0):
@@ -39,8 +47,13 @@ def _record(step, group=0, scale=1.0):
 def write_run(root, name, *, algorithm="gtpo", seed=0, metrics=None, evals=None, samples=None, task_params=None):
     path = root / name
     path.mkdir(parents=True)
-    config = {"algorithm": algorithm, "seed": seed, "task": "chain", "task_params": task_params or {"steps": 8},
-              "steps": 3}
+    config = {
+        "algorithm": algorithm,
+        "seed": seed,
+        "task": "chain",
+        "task_params": task_params or {"steps": 8},
+        "steps": 3,
+    }
     (path / "config.json").write_text(json.dumps(config))
     for file, rows in (("metrics.jsonl", metrics), ("eval.jsonl", evals), ("samples.jsonl", samples)):
         if rows is not None:
@@ -49,8 +62,10 @@ def write_run(root, name, *, algorithm="gtpo", seed=0, metrics=None, evals=None,
 
 
 def _metrics(values, **extra):
-    return [{"step": s, "accuracy": v, "reward": v, "entropy": 1.0 - v / 2, "grad_norm": 2 * v, **extra}
-            for s, v in enumerate(values, start=1)]
+    return [
+        {"step": s, "accuracy": v, "reward": v, "entropy": 1.0 - v / 2, "grad_norm": 2 * v, **extra}
+        for s, v in enumerate(values, start=1)
+    ]
 
 
 def _traces(fig, **meta):
@@ -63,8 +78,18 @@ def _traces(fig, **meta):
 def test_token_table_flattens_records():
     table = viz.token_table([_record(1), _record(5)])
     assert len(table) == 2 * 10
-    assert list(table.columns[:10]) == ["step", "group", "response", "position", "token", "entropy", "logprob",
-                                        "advantage", "reward", "correct"]
+    assert list(table.columns[:10]) == [
+        "step",
+        "group",
+        "response",
+        "position",
+        "token",
+        "entropy",
+        "logprob",
+        "advantage",
+        "reward",
+        "correct",
+    ]
     row = table[(table.step == 5) & (table.response == 2) & (table.position == 1)].iloc[0]
     assert (row.token, row.entropy, row.logprob, row.correct) == ("<b>", 4.0, -2.0, False)
 
@@ -104,6 +129,73 @@ def test_group_heatmap_labels_rows_and_blanks_padding():
     assert "'7'" in heat.hovertext[0][2]
 
 
+def _spans(html_text, value):
+    """``(text, title)`` of every token span of the ``value`` view of a token_highlight."""
+    view = html_text.split(f'class="wb-view wb-view-{value}"')[1].split('class="wb-view ')[0]
+    span = r'<span class="wb-tok" style="background:([^"]+)" title="([^"]*)">(.*?)</span>'
+    return re.findall(span + r'(?=<span class="wb-tok"|</span></div>)', view, re.S)
+
+
+def test_token_highlight_header_tokens_and_hover():
+    record = {**_record(3), "answer": "3", "source": "run-a"}
+    view = viz.token_highlight(record)
+    text = view.to_html()
+    assert view._repr_html_().count("wb-view-entropy") == 2  # the CSS rule and the view
+    assert "prompt <code>1+2=</code>" in text and "gold answer <code>3</code>" in text and "2 of 4 right" in text
+    assert "run run-a, step 3, group 0" in text
+    spans = _spans(text, "entropy")
+    assert len(spans) == 10  # every valid token of the four responses, once per view
+    colour, title, token = spans[1]  # response 0, position 1: '<b>' with entropy 4.0, the group's maximum
+    assert token == "&lt;b&gt;" and colour == viz.highlight.value_color("entropy", 4.0, 0.0, 4.0)
+    title = html.unescape(title)
+    assert "token '<b>' (response #0, position 1)" in title and "entropy 4.000 nats" in title
+    assert "log-prob -2.000" in title and "advantage +0.000 (logged, gtpo)" in title and "reward 1 ✓" in title
+    assert [h.count("✓") for h in re.findall(r'class="wb-label">(.*?)</span>', text)][:4] == [1, 1, 0, 0]
+
+
+def test_token_highlight_keeps_whitespace_readable():
+    responses = [
+        _response(["The", " answer", " ", "\n", "12", ".\n", "x"], [0.1] * 7, 1.0),
+        _response([" no"], [0.5], 0.0),
+    ]
+    text = viz.token_highlight(responses).to_html()
+    tokens = [t for _, _, t in _spans(text, "entropy")]
+    # leading spaces stay spaces, a newline inside a token stays a newline; only pure whitespace gets a marker
+    assert tokens[:6] == [
+        "The",
+        " answer",
+        '<span class="wb-ws">·</span>',
+        '<span class="wb-ws">↵\n</span>',
+        "12",
+        ".\n",
+    ]
+    assert tokens[-1] == " no"
+    assert "white-space: pre-wrap" in text
+
+
+def test_token_highlight_colours_by_each_value_and_picks_a_mixed_group(tmp_path):
+    all_right = _record(9)
+    for r in all_right["responses"]:
+        r.update(reward=1.0, correct=True)
+    mixed = {**_record(5), "answer": "3"}
+    mixed["responses"][0]["advantages"] = [1.0, 0.5, -1.0]
+    view = viz.token_highlight([_record(1), mixed, all_right], value="advantage")
+    assert view.group.info["step"] == 5  # the last group with right and wrong answers
+    text = view.to_html()
+    assert text.index("wb-view wb-view-advantage") < text.index("wb-view wb-view-entropy")  # chosen value first
+    colours = [c for c, _, _ in _spans(text, "advantage")]
+    assert colours[0] == viz.highlight.value_color("advantage", 1.0, -1.0, 1.0)  # the positive end
+    assert colours[2] == viz.highlight.value_color("advantage", -1.0, -1.0, 1.0)  # the negative end
+    assert colours[1] != colours[0] != colours[2]
+    path = write_run(tmp_path, "r", samples=[_record(1), _record(2)])
+    from_run = viz.token_highlight(path, max_responses=2)
+    assert from_run.group.info == {"step": 2, "group": 0, "algorithm": "gtpo", "source": "r"}
+    assert "1 of 4 right" not in from_run.to_html() and "2 shown" in from_run.to_html()
+    assert len(_spans(from_run.to_html(), "entropy")) == 3 + 3  # responses 0 (✓) and 2 (✗)
+    with pytest.raises(ValueError, match="value must be one of"):
+        viz.token_highlight(mixed, value="reward")
+
+
 # ---------------------------------------------------------------------------- redistribution
 
 
@@ -128,8 +220,9 @@ def test_redistribution_matches_the_advantage_functions():
 
 def test_redistribution_routes_keyword_arguments():
     ex = spec_example()
-    fig = viz.redistribution_figure(**ex, algorithms=("grpo", "gtpo", "grpo_s"), alpha2=0.5,
-                                    normalize="per_polarity", grpo_s={"beta2": 0.9})
+    fig = viz.redistribution_figure(
+        **ex, algorithms=("grpo", "gtpo", "grpo_s"), alpha2=0.5, normalize="per_polarity", grpo_s={"beta2": 0.9}
+    )
     z = {t.name: np.asarray(t.z, dtype=float) for t in fig.data}
     mask = ex["mask"].numpy()
     np.testing.assert_array_equal(z["grpo"][mask], workbench.grpo(ex["rewards"], ex["mask"]).numpy()[mask])
@@ -145,8 +238,9 @@ def test_redistribution_routes_keyword_arguments():
 def test_redistribution_from_sample_recomputes_advantages():
     fig = viz.redistribution_from_sample(_record(7), ("gtpo",))
     ex = spec_example()
-    np.testing.assert_array_equal(np.asarray(fig.data[0].z)[ex["mask"].numpy()],
-                                  workbench.gtpo(**ex).numpy()[ex["mask"].numpy()])
+    np.testing.assert_array_equal(
+        np.asarray(fig.data[0].z)[ex["mask"].numpy()], workbench.gtpo(**ex).numpy()[ex["mask"].numpy()]
+    )
     assert "'<b>'" not in fig.data[0].hovertext[0][1] and "&lt;b&gt;" in fig.data[0].hovertext[0][1]
     assert "A (gtpo)" in fig.data[0].hovertext[0][1] and "step 7" in fig.layout.title.text
 
@@ -161,10 +255,20 @@ def test_synthetic_group_is_seeded():
 
 
 def test_training_curves_band_over_seeds(tmp_path):
-    a = write_run(tmp_path, "a", seed=0, metrics=_metrics([0.0, 0.2, 0.4]),
-                  evals=[{"step": 3, "greedy_accuracy": 0.5, "sampled_accuracy": 0.4, "entropy": 1.0}])
-    b = write_run(tmp_path, "b", seed=1, metrics=_metrics([0.2, 0.6, 0.8]),
-                  evals=[{"step": 3, "greedy_accuracy": 0.7, "sampled_accuracy": 0.6, "entropy": 1.0}])
+    a = write_run(
+        tmp_path,
+        "a",
+        seed=0,
+        metrics=_metrics([0.0, 0.2, 0.4]),
+        evals=[{"step": 3, "greedy_accuracy": 0.5, "sampled_accuracy": 0.4, "entropy": 1.0}],
+    )
+    b = write_run(
+        tmp_path,
+        "b",
+        seed=1,
+        metrics=_metrics([0.2, 0.6, 0.8]),
+        evals=[{"step": 3, "greedy_accuracy": 0.7, "sampled_accuracy": 0.6, "entropy": 1.0}],
+    )
     c = write_run(tmp_path, "c", algorithm="grpo", metrics=_metrics([0.1, 0.1, 0.1]))
     fig = viz.training_curves([a, b, c], metrics=("accuracy", "kl_ref", "grad_norm"))
     panels = [ann.text for ann in fig.layout.annotations]
@@ -195,8 +299,17 @@ def test_stability_final_accuracy_per_length(tmp_path):
         for length, values in finals.items():
             for seed, value in enumerate(values):
                 evals = [{"step": 1, "greedy_accuracy": 0.0}, {"step": 2, "greedy_accuracy": value}]
-                runs.append(write_run(tmp_path, f"{algorithm}-{length}-{seed}", algorithm=algorithm, seed=seed,
-                                      task_params={"steps": length}, metrics=_metrics([0.0, value]), evals=evals))
+                runs.append(
+                    write_run(
+                        tmp_path,
+                        f"{algorithm}-{length}-{seed}",
+                        algorithm=algorithm,
+                        seed=seed,
+                        task_params={"steps": length},
+                        metrics=_metrics([0.0, value]),
+                        evals=evals,
+                    )
+                )
     table = viz.stability_table(runs)
     assert set(table["metric"]) == {"eval greedy_accuracy"} and len(table) == 8
     fig = viz.stability_figure(runs)

@@ -18,8 +18,9 @@ from .generation import format_prompts, generate
 __all__ = ["response_record", "rollout_records"]
 
 
-def response_record(tokenizer, ids, entropies, logprobs, advantages, *, text: str, reward: float,
-                    correct: bool) -> dict:
+def response_record(
+    tokenizer, ids, entropies, logprobs, advantages, *, text: str, reward: float, correct: bool
+) -> dict:
     """One response of a ``samples.jsonl`` record (``ids`` and the per-token lists already masked)."""
     return {
         "text": text,
@@ -33,14 +34,28 @@ def response_record(tokenizer, ids, entropies, logprobs, advantages, *, text: st
 
 
 @torch.no_grad()
-def rollout_records(model, tokenizer, task, *, prompts: int = 8, n: int = 8, split: str = "eval", seed: int = 0,
-                    max_new_tokens: int = 16, temperature: float = 1.0, algorithm: str = "gtpo",
-                    chat_template: bool | None = None, step: int = 0) -> list[dict]:
+def rollout_records(
+    model,
+    tokenizer,
+    task,
+    *,
+    prompts: int = 8,
+    n: int = 8,
+    split: str = "eval",
+    seed: int = 0,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    algorithm: str = "gtpo",
+    chat_template: bool | None = None,
+    step: int = 0,
+    source: str = "",
+) -> list[dict]:
     """Sample ``n`` responses for each of ``prompts`` task examples and return one record per group.
 
-    Each record has ``step``, ``group``, ``prompt``, ``algorithm`` and ``responses`` (tokens,
+    Each record has ``step``, ``group``, ``prompt``, ``answer`` (the gold answer), ``algorithm``,
+    ``source`` (a label for the figures, e.g. the checkpoint's name) and ``responses`` (tokens,
     entropies and log-probs of the sampled tokens at ``temperature``, reward, correctness and
-    the ``algorithm``'s advantages), exactly as the trainer logs them.
+    the ``algorithm``'s advantages), as the trainer logs them.
     """
     if prompts < 1 or n < 2:
         raise ValueError(f"need prompts >= 1 and n >= 2, got prompts={prompts}, n={n}")
@@ -55,8 +70,9 @@ def rollout_records(model, tokenizer, task, *, prompts: int = 8, n: int = 8, spl
     attention = torch.cat([gen.prompt_mask, mask.long()], 1)
     was_training = model.training
     model.eval()
-    logp, ent = token_stats_from_model(model, ids, attention, response_len=T, response_mask=mask,
-                                       temperature=temperature)
+    logp, ent = token_stats_from_model(
+        model, ids, attention, response_len=T, response_mask=mask, temperature=temperature
+    )
     model.train(was_training)
     rewards = torch.tensor([task.reward(examples[i // n], t) for i, t in enumerate(gen.texts)])
     advantages = advantage_fn(rewards.view(-1, n), ent.view(-1, n, T).float().cpu(), mask.view(-1, n, T).cpu())
@@ -66,9 +82,27 @@ def rollout_records(model, tokenizer, task, *, prompts: int = 8, n: int = 8, spl
         responses = []
         for i in range(g * n, (g + 1) * n):
             m = mask[i]
-            responses.append(response_record(tokenizer, gen.response_ids[i, :T][m].tolist(), ent[i][m], logp[i][m],
-                                             advantages[i][m.cpu()], text=gen.texts[i], reward=float(rewards[i]),
-                                             correct=float(rewards[i]) > 0.5))
-        records.append({"step": step, "group": g, "prompt": ex.prompt, "algorithm": algorithm,
-                        "responses": responses})
+            responses.append(
+                response_record(
+                    tokenizer,
+                    gen.response_ids[i, :T][m].tolist(),
+                    ent[i][m],
+                    logp[i][m],
+                    advantages[i][m.cpu()],
+                    text=gen.texts[i],
+                    reward=float(rewards[i]),
+                    correct=float(rewards[i]) > 0.5,
+                )
+            )
+        records.append(
+            {
+                "step": step,
+                "group": g,
+                "prompt": ex.prompt,
+                "answer": ex.answer,
+                "algorithm": algorithm,
+                "source": source,
+                "responses": responses,
+            }
+        )
     return records

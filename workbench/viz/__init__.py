@@ -2,7 +2,8 @@
 ``plotly.graph_objects.Figure`` and reads run directories, samples or DataFrames, never
 the trainer.
 
-- :mod:`.tokens`: responses with tokens coloured by entropy, group heatmaps;
+- :mod:`.highlight`: a group's responses as text, tokens coloured by entropy, advantage or log-prob;
+- :mod:`.tokens`: token hover texts and row labels of the heatmaps;
 - :mod:`.redistribution`: per-token advantages of one group under each algorithm;
 - :mod:`.curves`: training curves, seeds aggregated into bands;
 - :mod:`.stability`: the chain task at growing lengths;
@@ -20,8 +21,9 @@ from .analysis import (
     split_first_last,
 )
 from .curves import aggregate_runs, training_curves
+from .highlight import TokenHighlight, token_highlight
 from .redistribution import algorithm_advantages, redistribution_figure, redistribution_from_sample, synthetic_group
-from .sources import Group, RunData, as_group, as_runs, token_table
+from .sources import Group, RunData, as_group, as_runs, pick_record, run_samples, token_table
 from .stability import stability_figure, stability_table
 from .style import PALETTE, algorithm_color
 from .tokens import group_heatmap, token_entropy_figure
@@ -54,5 +56,9 @@ __all__ = [
     "synthetic_group",
     "token_entropy_figure",
     "token_table",
+    "token_highlight",
+    "TokenHighlight",
+    "pick_record",
+    "run_samples",
     "training_curves",
 ]

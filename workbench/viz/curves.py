@@ -31,8 +31,9 @@ def run_series(run: RunData, metric: str, *, evals: bool = False, smooth: int = 
     return series.rolling(smooth, min_periods=1).mean() if smooth > 1 else series
 
 
-def aggregate_runs(runs, metric: str, *, by: str = "algorithm", evals: bool = False, smooth: int = 1,
-                   band: str | None = "minmax") -> dict[str, pd.DataFrame]:
+def aggregate_runs(
+    runs, metric: str, *, by: str = "algorithm", evals: bool = False, smooth: int = 1, band: str | None = "minmax"
+) -> dict[str, pd.DataFrame]:
     """Per overlay group, a table indexed by step: ``mean``, ``lower``, ``upper``, ``runs``.
 
     The band is the min–max (``band="minmax"``) or mean ± std (``"std"``, sample std) across
@@ -60,26 +61,81 @@ def aggregate_runs(runs, metric: str, *, by: str = "algorithm", evals: bool = Fa
     return out
 
 
-def add_curve(fig: go.Figure, table: pd.DataFrame, *, name: str, color: str, row: int, col: int,
-              meta: dict, showlegend: bool = True, band: bool = True) -> None:
+def add_curve(
+    fig: go.Figure,
+    table: pd.DataFrame,
+    *,
+    name: str,
+    color: str,
+    row: int,
+    col: int,
+    meta: dict,
+    showlegend: bool = True,
+    band: bool = True,
+) -> None:
     """Add a mean line (``table["mean"]`` against its index) and, when ``band``, the shaded
     ``lower``–``upper`` band behind it. Every trace's ``meta`` is ``meta`` plus its ``kind``."""
     x = list(table.index)
     if band:
-        fig.add_trace(go.Scatter(x=x, y=table["upper"], mode="lines", line={"width": 0}, showlegend=False,
-                                 hoverinfo="skip", legendgroup=name, name=f"{name} upper",
-                                 meta={**meta, "kind": "upper"}), row=row, col=col)
-        fig.add_trace(go.Scatter(x=x, y=table["lower"], mode="lines", line={"width": 0}, showlegend=False,
-                                 fill="tonexty", fillcolor=rgba(color, 0.2), hoverinfo="skip", legendgroup=name,
-                                 name=f"{name} lower", meta={**meta, "kind": "lower"}), row=row, col=col)
-    fig.add_trace(go.Scatter(x=x, y=table["mean"], mode="lines", line={"color": color, "width": 2}, name=name,
-                             legendgroup=name, showlegend=showlegend, meta={**meta, "kind": "mean"}),
-                  row=row, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=table["upper"],
+                mode="lines",
+                line={"width": 0},
+                showlegend=False,
+                hoverinfo="skip",
+                legendgroup=name,
+                name=f"{name} upper",
+                meta={**meta, "kind": "upper"},
+            ),
+            row=row,
+            col=col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=table["lower"],
+                mode="lines",
+                line={"width": 0},
+                showlegend=False,
+                fill="tonexty",
+                fillcolor=rgba(color, 0.2),
+                hoverinfo="skip",
+                legendgroup=name,
+                name=f"{name} lower",
+                meta={**meta, "kind": "lower"},
+            ),
+            row=row,
+            col=col,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=table["mean"],
+            mode="lines",
+            line={"color": color, "width": 2},
+            name=name,
+            legendgroup=name,
+            showlegend=showlegend,
+            meta={**meta, "kind": "mean"},
+        ),
+        row=row,
+        col=col,
+    )
 
 
-def training_curves(runs, metrics=DEFAULT_METRICS, *, by: str = "algorithm", evals=DEFAULT_EVALS,
-                    smooth: int = 1, band: str | None = "minmax", cols: int = 3,
-                    title: str | None = None) -> go.Figure:
+def training_curves(
+    runs,
+    metrics=DEFAULT_METRICS,
+    *,
+    by: str = "algorithm",
+    evals=DEFAULT_EVALS,
+    smooth: int = 1,
+    band: str | None = "minmax",
+    cols: int = 3,
+    title: str | None = None,
+) -> go.Figure:
     """Metrics against step, one subplot each, runs overlaid with one colour per group.
 
     ``runs``: a Run, run path, metrics DataFrame, a list of them or ``{label: run}``.
@@ -99,20 +155,34 @@ def training_curves(runs, metrics=DEFAULT_METRICS, *, by: str = "algorithm", eva
         raise ValueError(f"none of the runs logs any of {tuple(metrics) + tuple(evals)}")
     cols = min(cols, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[0] for p in panels],
-                        vertical_spacing=0.3 / rows, horizontal_spacing=0.06)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[p[0] for p in panels],
+        vertical_spacing=0.3 / rows,
+        horizontal_spacing=0.06,
+    )
     in_legend = set()
     for k, (panel, groups) in enumerate(panels):
         row, col = k // cols + 1, k % cols + 1
         for key, table in groups.items():
-            add_curve(fig, table, name=key, color=algorithm_color(key), row=row, col=col,
-                      meta={"metric": panel, "group": key}, showlegend=key not in in_legend,
-                      band=band is not None and table["runs"].max() > 1)
+            add_curve(
+                fig,
+                table,
+                name=key,
+                color=algorithm_color(key),
+                row=row,
+                col=col,
+                meta={"metric": panel, "group": key},
+                showlegend=key not in in_legend,
+                band=band is not None and table["runs"].max() > 1,
+            )
             in_legend.add(key)
         if k + cols >= len(panels):
             fig.update_xaxes(title_text="step", row=row, col=col)
-    fig.update_layout(title=title or "Training curves", height=260 * rows + 80, hovermode="x unified",
-                      plot_bgcolor="white")
+    fig.update_layout(
+        title=title or "Training curves", height=260 * rows + 80, hovermode="x unified", plot_bgcolor="white"
+    )
     fig.update_xaxes(gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee")
     return fig

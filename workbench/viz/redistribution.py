@@ -59,31 +59,46 @@ def algorithm_advantages(group, algorithms=DEFAULT_ALGORITHMS, **algo_kwargs) ->
     return out
 
 
-def redistribution_traces(group: Group, algorithms=DEFAULT_ALGORITHMS, *, annotate: bool | None = None,
-                          **algo_kwargs) -> list[go.Heatmap]:
+def redistribution_traces(
+    group: Group, algorithms=DEFAULT_ALGORITHMS, *, annotate: bool | None = None, **algo_kwargs
+) -> list[go.Heatmap]:
     """One heatmap trace per algorithm (responses × positions), sharing one diverging colour axis."""
     n, T = group.mask.shape
     annotate = n * T <= 240 if annotate is None else annotate
     labels = [response_label(group, i) for i in range(n)]
     traces = []
     for name, adv in algorithm_advantages(group, algorithms, **algo_kwargs).items():
-        hover = [[token_hover(group, i, t, **{f"A ({name})": adv[i, t]}) if group.mask[i, t] else ""
-                  for t in range(T)] for i in range(n)]
+        hover = [
+            [token_hover(group, i, t, **{f"A ({name})": adv[i, t]}) if group.mask[i, t] else "" for t in range(T)]
+            for i in range(n)
+        ]
         text = None
         if annotate:
             text = [[f"{adv[i, t]:+.2f}" if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
-        traces.append(go.Heatmap(
-            z=adv, x=list(range(T)), y=labels, text=text, texttemplate="%{text}" if annotate else None,
-            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", coloraxis="coloraxis",
-            xgap=1, ygap=1, name=name, meta={"algorithm": name},
-        ))
+        traces.append(
+            go.Heatmap(
+                z=adv,
+                x=list(range(T)),
+                y=labels,
+                text=text,
+                texttemplate="%{text}" if annotate else None,
+                hovertext=hover,
+                hovertemplate="%{hovertext}<extra></extra>",
+                coloraxis="coloraxis",
+                xgap=1,
+                ygap=1,
+                name=name,
+                meta={"algorithm": name},
+            )
+        )
     return traces
 
 
 def _figure(group: Group, algorithms, annotate, title, algo_kwargs) -> go.Figure:
     algorithms = tuple(algorithms)
-    fig = make_subplots(rows=1, cols=len(algorithms), shared_yaxes=True, subplot_titles=algorithms,
-                        horizontal_spacing=0.02)
+    fig = make_subplots(
+        rows=1, cols=len(algorithms), shared_yaxes=True, subplot_titles=algorithms, horizontal_spacing=0.02
+    )
     for col, trace in enumerate(redistribution_traces(group, algorithms, annotate=annotate, **algo_kwargs), start=1):
         fig.add_trace(trace, row=1, col=col)
     fig.update_yaxes(autorange="reversed", type="category")
@@ -91,13 +106,23 @@ def _figure(group: Group, algorithms, annotate, title, algo_kwargs) -> go.Figure
     fig.update_layout(
         title=title or "Per-token advantages",
         coloraxis={"colorscale": "RdBu", "cmid": 0, "colorbar": {"title": {"text": "advantage"}}},
-        height=200 + 28 * group.n, plot_bgcolor="white",
+        height=200 + 28 * group.n,
+        plot_bgcolor="white",
     )
     return fig
 
 
-def redistribution_figure(rewards, entropies, mask=None, algorithms=DEFAULT_ALGORITHMS, *, tokens=None,
-                          annotate: bool | None = None, title: str | None = None, **algo_kwargs) -> go.Figure:
+def redistribution_figure(
+    rewards,
+    entropies,
+    mask=None,
+    algorithms=DEFAULT_ALGORITHMS,
+    *,
+    tokens=None,
+    annotate: bool | None = None,
+    title: str | None = None,
+    **algo_kwargs,
+) -> go.Figure:
     """Per-token advantages of one group, one heatmap per algorithm, colour centred at 0.
 
     ``rewards [n]``, ``entropies [n, T]``, ``mask [n, T]`` (default: all valid), ``tokens``
@@ -105,13 +130,20 @@ def redistribution_figure(rewards, entropies, mask=None, algorithms=DEFAULT_ALGO
     :func:`algorithm_advantages`. ``annotate`` writes the values in the cells (default:
     when the group has at most 240 cells).
     """
-    group = as_group({"rewards": rewards, "entropies": entropies, "mask": mask if mask is not None
-                      else np.ones(np.shape(entropies), dtype=bool), "tokens": tokens})
+    group = as_group(
+        {
+            "rewards": rewards,
+            "entropies": entropies,
+            "mask": mask if mask is not None else np.ones(np.shape(entropies), dtype=bool),
+            "tokens": tokens,
+        }
+    )
     return _figure(group, algorithms, annotate, title, algo_kwargs)
 
 
-def redistribution_from_sample(group, algorithms=DEFAULT_ALGORITHMS, *, annotate: bool | None = None,
-                               title: str | None = None, **algo_kwargs) -> go.Figure:
+def redistribution_from_sample(
+    group, algorithms=DEFAULT_ALGORITHMS, *, annotate: bool | None = None, title: str | None = None, **algo_kwargs
+) -> go.Figure:
     """:func:`redistribution_figure` of a ``samples.jsonl`` record (or any group
     :func:`~workbench.viz.sources.as_group` reads): its rewards, entropies and tokens, each
     algorithm's advantages recomputed."""

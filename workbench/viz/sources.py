@@ -12,6 +12,7 @@ Figures accept the forms a notebook has at hand and convert them here:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,33 @@ import torch
 
 from ..runs import Run, load_run
 
-__all__ = ["RunData", "as_runs", "Group", "as_group", "as_records", "token_table", "TOKEN_COLUMNS"]
+__all__ = [
+    "RunData",
+    "as_runs",
+    "Group",
+    "as_group",
+    "as_records",
+    "run_samples",
+    "pick_record",
+    "gold_answer",
+    "token_table",
+    "TOKEN_COLUMNS",
+]
 
 TOKEN_COLUMNS = [
-    "step", "group", "response", "position", "token",
-    "entropy", "logprob", "advantage", "reward", "correct", "algorithm",
+    "step",
+    "group",
+    "response",
+    "position",
+    "token",
+    "entropy",
+    "logprob",
+    "advantage",
+    "reward",
+    "correct",
+    "algorithm",
+    "source",
+    "record",
 ]
 
 
@@ -102,6 +125,8 @@ class Group:
     logprobs: np.ndarray | None = None
     advantages: np.ndarray | None = None
     prompt: str = ""
+    answer: str = ""
+    info: dict = field(default_factory=dict)  # step, group, algorithm, source of a logged group
 
     @property
     def n(self) -> int:
@@ -126,7 +151,9 @@ def _padded(rows: list[list[float]], T: int, fill: float) -> np.ndarray:
     return out
 
 
-def _from_responses(responses: list[dict], prompt: str = "", threshold: float = 0.5) -> Group:
+def _from_responses(
+    responses: list[dict], prompt: str = "", threshold: float = 0.5, answer: str = "", info: dict | None = None
+) -> Group:
     if not responses:
         raise ValueError("a group needs at least one response")
     lengths = [len(r.get("entropies") or r.get("tokens") or []) for r in responses]
@@ -142,7 +169,18 @@ def _from_responses(responses: list[dict], prompt: str = "", threshold: float = 
 
     entropies = _padded([r.get("entropies", [0.0] * n) for r, n in zip(responses, lengths)], T, 0.0)
     tokens = [list(r["tokens"]) for r in responses] if all("tokens" in r for r in responses) else None
-    return Group(rewards, entropies, mask, correct, tokens, optional("logprobs"), optional("advantages"), prompt)
+    return Group(
+        rewards,
+        entropies,
+        mask,
+        correct,
+        tokens,
+        optional("logprobs"),
+        optional("advantages"),
+        prompt,
+        str(answer or ""),
+        dict(info or {}),
+    )
 
 
 def as_group(group, threshold: float = 0.5) -> Group:
@@ -154,13 +192,17 @@ def as_group(group, threshold: float = 0.5) -> Group:
     if not isinstance(group, dict):
         raise TypeError(f"expected a samples record, a list of responses or an array dict, got {type(group).__name__}")
     if "responses" in group:
-        return _from_responses(group["responses"], group.get("prompt", ""), threshold)
+        info = {k: group[k] for k in ("step", "group", "algorithm", "source") if k in group}
+        return _from_responses(group["responses"], group.get("prompt", ""), threshold, group.get("answer", ""), info)
     if "rewards" in group:
         rewards = np.asarray(group["rewards"], dtype=float)
         entropies = np.asarray(group["entropies"], dtype=float)
         mask = np.asarray(group.get("mask", np.ones_like(entropies)), dtype=bool)
-        extra = {k: np.where(mask, np.asarray(group[k], dtype=float), np.nan)
-                 for k in ("logprobs", "advantages") if k in group}
+        extra = {
+            k: np.where(mask, np.asarray(group[k], dtype=float), np.nan)
+            for k in ("logprobs", "advantages")
+            if k in group
+        }
         return Group(rewards, np.where(mask, entropies, 0.0), mask, rewards > threshold, group.get("tokens"), **extra)
     if "entropies" in group:
         return _from_responses([group], threshold=threshold)
@@ -174,12 +216,43 @@ def _is_record(obj) -> bool:
     return isinstance(obj, dict) and "responses" in obj
 
 
+def gold_answer(config: dict, prompt: str) -> str:
+    """The gold answer of ``prompt`` under a run's task, for ``samples.jsonl`` records that do not
+    store it: the sum of an ``addition`` prompt, the left-to-right value modulo 100 of a ``chain``,
+    the file's answer of a ``jsonl`` question; ``""`` when it cannot be told."""
+    task = config.get("task")
+    try:
+        if task == "addition":
+            return str(sum(int(x) for x in prompt.rstrip("=").split("+")))
+        if task == "chain":
+            parts = re.findall(r"([+*-]?)(\d+)", prompt)
+            value = int(parts[0][1])
+            for op, x in parts[1:]:
+                value = {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op] % 100
+            return str(value)
+        if task == "jsonl":
+            from ..tasks import get_task
+
+            examples = get_task("jsonl", **(config.get("task_params") or {})).examples
+            return next((e.answer for e in examples if e.prompt == prompt), "")
+    except (ValueError, KeyError, IndexError, OSError):
+        return ""
+    return ""
+
+
+def run_samples(run) -> list[dict]:
+    """The ``samples.jsonl`` records of a run (``Run`` or path), each tagged with ``source`` (the run's
+    name) and ``answer`` (the gold answer, when the record does not hold it)."""
+    run = load_run(run) if isinstance(run, (str, Path)) else run
+    config, records = run.config, run.samples
+    answers = {r["prompt"]: gold_answer(config, r["prompt"]) for r in records if not r.get("answer")}
+    return [{"source": run.name, **r, "answer": r.get("answer") or answers.get(r["prompt"], "")} for r in records]
+
+
 def as_records(samples) -> list[dict]:
     """``samples.jsonl`` records from a ``Run``, a run path, a record list or one record."""
-    if isinstance(samples, (str, Path)):
-        samples = load_run(samples)
-    if isinstance(samples, Run):
-        return samples.samples
+    if isinstance(samples, (str, Path, Run)):
+        return run_samples(samples)
     if _is_record(samples):
         return [samples]
     if isinstance(samples, (list, tuple)) and all(_is_record(r) for r in samples):
@@ -187,49 +260,64 @@ def as_records(samples) -> list[dict]:
     raise TypeError("expected a Run, a run path, a samples record or a list of samples records")
 
 
+def pick_record(records: list[dict], *, mixed: bool = True) -> dict:
+    """One group of ``records``: the last logged one whose responses are both right and wrong
+    (``mixed``), else the last one."""
+    if not records:
+        raise ValueError("no samples records to choose a group from")
+    if mixed:
+        for record in reversed(records):
+            correct = [bool(r.get("correct", float(r.get("reward", 0)) > 0.5)) for r in record["responses"]]
+            if any(correct) and not all(correct):
+                return record
+    return records[-1]
+
+
 def _records_table(records: list[dict]) -> pd.DataFrame:
     columns = {name: [] for name in TOKEN_COLUMNS}
-    for record in records:
+    for k, record in enumerate(records):
         for i, response in enumerate(record["responses"]):
             entropies = response.get("entropies") or []
             n = len(entropies)
-            tokens = response.get("tokens") or [""] * n
-            logprobs = response.get("logprobs") or [np.nan] * n
-            advantages = response.get("advantages") or [np.nan] * n
             reward = float(response.get("reward", np.nan))
-            correct = bool(response.get("correct", reward > 0.5))
-            columns["step"] += [record.get("step", 0)] * n
-            columns["group"] += [record.get("group", 0)] * n
-            columns["response"] += [i] * n
-            columns["position"] += list(range(n))
-            columns["token"] += list(tokens)
-            columns["entropy"] += list(entropies)
-            columns["logprob"] += list(logprobs)
-            columns["advantage"] += list(advantages)
-            columns["reward"] += [reward] * n
-            columns["correct"] += [correct] * n
-            columns["algorithm"] += [record.get("algorithm", "")] * n
+            per_token = {
+                "position": list(range(n)),
+                "token": list(response.get("tokens") or [""] * n),
+                "entropy": list(entropies),
+                "logprob": list(response.get("logprobs") or [np.nan] * n),
+                "advantage": list(response.get("advantages") or [np.nan] * n),
+            }
+            per_response = {
+                "step": record.get("step", 0),
+                "group": record.get("group", 0),
+                "response": i,
+                "reward": reward,
+                "correct": bool(response.get("correct", reward > 0.5)),
+                "algorithm": record.get("algorithm", ""),
+                "source": record.get("source", ""),
+                "record": k,
+            }
+            for name in TOKEN_COLUMNS:
+                columns[name] += per_token[name] if name in per_token else [per_response[name]] * n
     table = pd.DataFrame(columns)
     return table.astype({"entropy": float, "logprob": float, "advantage": float, "reward": float, "correct": bool})
 
 
 def token_table(samples) -> pd.DataFrame:
     """One row per token: step, group, response, position, token, entropy, logprob,
-    advantage, reward, correct, algorithm.
+    advantage, reward, correct, algorithm, source (the run a record came from, when known) and
+    record (the record's index in this table: what tells two merged records apart).
 
     ``samples`` is anything :func:`as_records` reads, or a token table (returned as is).
-    A list of runs/paths or a ``{label: samples}`` dict gives one table with a ``source``
-    column (the run name or the label) for overlays.
+    A list of runs/paths or a ``{label: samples}`` dict gives one table whose ``source`` column
+    is the run name or the label, for overlays.
     """
     if isinstance(samples, pd.DataFrame):
         return samples
     if isinstance(samples, dict) and not _is_record(samples):
-        parts = {str(label): token_table(value) for label, value in samples.items()}
+        records = [{**r, "source": str(label)} for label, value in samples.items() for r in as_records(value)]
     elif isinstance(samples, (list, tuple)) and samples and not all(_is_record(r) for r in samples):
-        parts = {}
-        for value in samples:
-            run = load_run(value) if isinstance(value, (str, Path)) else value
-            parts[run.name] = token_table(run)
+        records = [r for value in samples for r in as_records(value)]
     else:
-        return _records_table(as_records(samples))
-    return pd.concat([t.assign(source=label) for label, t in parts.items()], ignore_index=True)
+        records = as_records(samples)
+    return _records_table(records)

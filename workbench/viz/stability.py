@@ -49,14 +49,29 @@ def stability_table(runs, *, final: str = "auto", window: int = 1, length_key: s
     for run in runs:
         series = run_series(run, metric, evals=from_evals)
         value = float(series.dropna().iloc[-window:].mean()) if series is not None else np.nan
-        rows.append({"run": run.label, "algorithm": run.algorithm, "seed": run.config.get("seed"),
-                     "length": _length(run, length_key), "final": value,
-                     "metric": f"eval {metric}" if from_evals else metric})
+        rows.append(
+            {
+                "run": run.label,
+                "algorithm": run.algorithm,
+                "seed": run.config.get("seed"),
+                "length": _length(run, length_key),
+                "final": value,
+                "metric": f"eval {metric}" if from_evals else metric,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def stability_figure(runs, *, metrics=("entropy", "grad_norm"), final: str = "auto", window: int = 1,
-                     smooth: int = 1, length_key: str = "steps", title: str | None = None) -> go.Figure:
+def stability_figure(
+    runs,
+    *,
+    metrics=("entropy", "grad_norm"),
+    final: str = "auto",
+    window: int = 1,
+    smooth: int = 1,
+    length_key: str = "steps",
+    title: str | None = None,
+) -> go.Figure:
     """Trajectories of ``metrics`` (rows) per chain length (columns), one colour per algorithm
     (mean and min–max band over seeds), and a bottom panel of final accuracy against chain
     length (mean over seeds, error bars: sample std). See :func:`stability_table` for ``final``."""
@@ -67,30 +82,49 @@ def stability_figure(runs, *, metrics=("entropy", "grad_norm"), final: str = "au
     titles = [f"{metric} — length {length}" for metric in metrics for length in lengths]
     titles.append(f"final {table['metric'].iloc[0]} vs chain length")
     specs = [[{}] * cols for _ in metrics] + [[{"colspan": cols}] + [None] * (cols - 1)]
-    fig = make_subplots(rows=rows, cols=cols, specs=specs, subplot_titles=titles,
-                        vertical_spacing=0.3 / rows, horizontal_spacing=0.05)
+    fig = make_subplots(
+        rows=rows, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3 / rows, horizontal_spacing=0.05
+    )
     in_legend = set()
     for col, length in enumerate(lengths, start=1):
         subset = [run for run in runs if _length(run, length_key) == length]
         for row, metric in enumerate(metrics, start=1):
             for algorithm, curve in aggregate_runs(subset, metric, smooth=smooth).items():
-                add_curve(fig, curve, name=algorithm, color=algorithm_color(algorithm), row=row, col=col,
-                          meta={"metric": metric, "length": int(length), "group": algorithm},
-                          showlegend=algorithm not in in_legend, band=curve["runs"].max() > 1)
+                add_curve(
+                    fig,
+                    curve,
+                    name=algorithm,
+                    color=algorithm_color(algorithm),
+                    row=row,
+                    col=col,
+                    meta={"metric": metric, "length": int(length), "group": algorithm},
+                    showlegend=algorithm not in in_legend,
+                    band=curve["runs"].max() > 1,
+                )
                 in_legend.add(algorithm)
     for algorithm, points in table.groupby("algorithm", sort=False):
         stats = points.groupby("length")["final"].agg(["mean", "std", "count"])
-        fig.add_trace(go.Scatter(
-            x=list(stats.index), y=stats["mean"], error_y={"type": "data", "array": stats["std"].fillna(0.0)},
-            mode="lines+markers", line={"color": algorithm_color(algorithm)}, name=algorithm, legendgroup=algorithm,
-            showlegend=algorithm not in in_legend, meta={"kind": "final", "group": algorithm},
-            customdata=stats["count"], hovertemplate="length %{x}: %{y:.3f} (%{customdata} runs)",
-        ), row=rows, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=list(stats.index),
+                y=stats["mean"],
+                error_y={"type": "data", "array": stats["std"].fillna(0.0)},
+                mode="lines+markers",
+                line={"color": algorithm_color(algorithm)},
+                name=algorithm,
+                legendgroup=algorithm,
+                showlegend=algorithm not in in_legend,
+                meta={"kind": "final", "group": algorithm},
+                customdata=stats["count"],
+                hovertemplate="length %{x}: %{y:.3f} (%{customdata} runs)",
+            ),
+            row=rows,
+            col=1,
+        )
         in_legend.add(algorithm)
     fig.update_xaxes(title_text="chain length", tickvals=lengths, row=rows, col=1)
     fig.update_yaxes(title_text=table["metric"].iloc[0], row=rows, col=1)
-    fig.update_layout(title=title or "Stability across chain lengths", height=240 * rows + 80,
-                      plot_bgcolor="white")
+    fig.update_layout(title=title or "Stability across chain lengths", height=240 * rows + 80, plot_bgcolor="white")
     fig.update_xaxes(gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee")
     return fig

@@ -44,8 +44,14 @@ def response_label(group: Group, i: int) -> str:
     return f"#{i} {'✓' if group.correct[i] else '✗'} r={group.rewards[i]:g}"
 
 
-def token_entropy_figure(response_or_group, *, wrap: int = 20, colorscale: str = "Viridis",
-                         zmax: float | None = None, title: str | None = None) -> go.Figure:
+def token_entropy_figure(
+    response_or_group,
+    *,
+    wrap: int = 20,
+    colorscale: str = "Viridis",
+    zmax: float | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """Responses as text, each token's cell coloured by its entropy.
 
     ``response_or_group``: one response dict, a list of them, a ``samples.jsonl`` record or
@@ -64,15 +70,28 @@ def token_entropy_figure(response_or_group, *, wrap: int = 20, colorscale: str =
             hover.append([token_hover(group, i, t) for t in positions] + [""] * pad)
             labels.append(response_label(group, i) if start == 0 else "")
     rows = list(range(len(z)))
-    fig = go.Figure(go.Heatmap(
-        z=np.array(z, dtype=float), y=rows, text=text, texttemplate="%{text}", hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", colorscale=colorscale, zmin=0, zmax=zmax,
-        xgap=1, ygap=3, colorbar={"title": {"text": "entropy (nats)"}}, name="entropy",
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.array(z, dtype=float),
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>",
+            colorscale=colorscale,
+            zmin=0,
+            zmax=zmax,
+            xgap=1,
+            ygap=3,
+            colorbar={"title": {"text": "entropy (nats)"}},
+            name="entropy",
+        )
+    )
     fig.update_yaxes(tickvals=rows, ticktext=labels, autorange="reversed")
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(title=title or "Token entropies", height=120 + 30 * len(rows),
-                      plot_bgcolor="white", margin={"l": 110})
+    fig.update_layout(
+        title=title or "Token entropies", height=120 + 30 * len(rows), plot_bgcolor="white", margin={"l": 110}
+    )
     return fig
 
 
@@ -92,11 +111,21 @@ def group_heatmap(group, *, value: str = "entropy", title: str | None = None) ->
     z = np.where(group.mask, values, np.nan)
     hover = [[token_hover(group, i, t) if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
     labels = [response_label(group, i) for i in range(n)]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(T)), y=labels, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-        colorscale=colorscale, zmid=0 if value == "advantage" else None, xgap=1, ygap=1,
-        colorbar={"title": {"text": label}}, name=value,
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(T)),
+            y=labels,
+            hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>",
+            colorscale=colorscale,
+            zmid=0 if value == "advantage" else None,
+            xgap=1,
+            ygap=1,
+            colorbar={"title": {"text": label}},
+            name=value,
+        )
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title="position")
     fig.update_layout(title=title or f"{label} per token", height=160 + 26 * n, plot_bgcolor="white")

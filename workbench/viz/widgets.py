@@ -45,8 +45,9 @@ class ShapingExplorer(widgets.VBox):
     def __init__(self, group=None, algorithms=DEFAULT_ALGORITHMS):
         self.stored: Group | None = None if group is None else as_group(group)
         slider = dict(continuous_update=False, readout_format=".2f")
-        self.algorithms = widgets.SelectMultiple(options=list(ALGORITHMS), value=tuple(algorithms),
-                                                 description="algorithms", rows=min(7, len(ALGORITHMS)))
+        self.algorithms = widgets.SelectMultiple(
+            options=list(ALGORITHMS), value=tuple(algorithms), description="algorithms", rows=min(7, len(ALGORITHMS))
+        )
         self.alpha1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="alpha1", **slider)
         self.alpha2 = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="alpha2", **slider)
         self.beta1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="beta1", **slider)
@@ -58,18 +59,34 @@ class ShapingExplorer(widgets.VBox):
         self.T = widgets.IntSlider(value=12, min=1, max=64, description="T", continuous_update=False, **stored)
         self.seed = widgets.IntText(value=0, description="seed", **stored)
         self.figure = go.FigureWidget()
-        controls = (self.algorithms, self.alpha1, self.alpha2, self.beta1, self.beta2,
-                    self.normalize, self.zero_variance, self.n, self.T, self.seed)
+        controls = (
+            self.algorithms,
+            self.alpha1,
+            self.alpha2,
+            self.beta1,
+            self.beta2,
+            self.normalize,
+            self.zero_variance,
+            self.n,
+            self.T,
+            self.seed,
+        )
         for control in controls:
             control.observe(lambda _: self.update(), names="value")
         self.update()
-        super().__init__([
-            widgets.HBox([self.algorithms,
-                          widgets.VBox([self.alpha1, self.alpha2, self.beta1, self.beta2]),
-                          widgets.VBox([self.n, self.T, self.seed])]),
-            widgets.HBox([self.normalize, self.zero_variance]),
-            self.figure,
-        ])
+        super().__init__(
+            [
+                widgets.HBox(
+                    [
+                        self.algorithms,
+                        widgets.VBox([self.alpha1, self.alpha2, self.beta1, self.beta2]),
+                        widgets.VBox([self.n, self.T, self.seed]),
+                    ]
+                ),
+                widgets.HBox([self.normalize, self.zero_variance]),
+                self.figure,
+            ]
+        )
 
     def group(self) -> Group:
         """The group shown: the stored one, or the synthetic group of the ``n``, ``T``, ``seed`` controls."""
@@ -77,9 +94,14 @@ class ShapingExplorer(widgets.VBox):
 
     def kwargs(self) -> dict:
         """The advantage keyword arguments of the controls (routed by name to each algorithm)."""
-        return {"alpha1": self.alpha1.value, "alpha2": self.alpha2.value, "beta1": self.beta1.value,
-                "beta2": self.beta2.value, "normalize": self.normalize.value,
-                "zero_variance": self.zero_variance.value}
+        return {
+            "alpha1": self.alpha1.value,
+            "alpha2": self.alpha2.value,
+            "beta1": self.beta1.value,
+            "beta2": self.beta2.value,
+            "normalize": self.normalize.value,
+            "zero_variance": self.zero_variance.value,
+        }
 
     def update(self) -> None:
         """Recompute the advantages and redraw (in place when the algorithms are unchanged)."""
@@ -117,8 +139,16 @@ class RunLauncher(widgets.VBox):
     ``runs_root``. Training runs in the button's handler (the notebook waits for it).
     """
 
-    def __init__(self, train_fn=None, runs_root="runs", *, tasks=("addition", "chain"), base_config=None,
-                 live_metrics=("accuracy", "entropy"), compare_metrics=("accuracy", "entropy", "response_len_mean")):
+    def __init__(
+        self,
+        train_fn=None,
+        runs_root="runs",
+        *,
+        tasks=("addition", "chain"),
+        base_config=None,
+        live_metrics=("accuracy", "entropy"),
+        compare_metrics=("accuracy", "entropy", "response_len_mean"),
+    ):
         self.train_fn = train_fn
         self.runs_root = Path(runs_root)
         self.base_config = dict(base_config or {})
@@ -136,8 +166,7 @@ class RunLauncher(widgets.VBox):
         self.status = widgets.HTML()
         self.output = widgets.Output()
         self.live = go.FigureWidget(self._live_figure())
-        self.runs = widgets.SelectMultiple(options=[], description="runs", rows=6,
-                                           layout=widgets.Layout(width="60%"))
+        self.runs = widgets.SelectMultiple(options=[], description="runs", rows=6, layout=widgets.Layout(width="60%"))
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.compare = go.FigureWidget()
         self._seen = 0
@@ -148,14 +177,17 @@ class RunLauncher(widgets.VBox):
         self.runs.observe(lambda _: self.update_compare(), names="value")
         self._show_chain_length()
         self.refresh()
-        super().__init__([
-            widgets.HBox([self.task, self.chain_length]),
-            widgets.HBox([self.algorithm, self.steps, self.seed]),
-            widgets.HBox([self.run_button, self.progress, self.status]),
-            self.live, self.output,
-            widgets.HBox([self.runs, self.refresh_button]),
-            self.compare,
-        ])
+        super().__init__(
+            [
+                widgets.HBox([self.task, self.chain_length]),
+                widgets.HBox([self.algorithm, self.steps, self.seed]),
+                widgets.HBox([self.run_button, self.progress, self.status]),
+                self.live,
+                self.output,
+                widgets.HBox([self.runs, self.refresh_button]),
+                self.compare,
+            ]
+        )
 
     def _live_figure(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=len(self.live_metrics), subplot_titles=self.live_metrics)
@@ -177,9 +209,15 @@ class RunLauncher(widgets.VBox):
         while output_dir.exists():
             k += 1
             output_dir = self.runs_root / f"{name}-{k}"
-        return {**self.base_config, "task": self.task.value, "task_params": task_params,
-                "algorithm": self.algorithm.value, "steps": self.steps.value, "seed": self.seed.value,
-                "output_dir": str(output_dir)}
+        return {
+            **self.base_config,
+            "task": self.task.value,
+            "task_params": task_params,
+            "algorithm": self.algorithm.value,
+            "steps": self.steps.value,
+            "seed": self.seed.value,
+            "output_dir": str(output_dir),
+        }
 
     def on_step(self, step: int, row: dict) -> None:
         """The training callback: advance the progress bar and append to the live curves."""
@@ -228,8 +266,10 @@ class RunLauncher(widgets.VBox):
         if self.runs_root.is_dir():
             for path in sorted(p for p in self.runs_root.iterdir() if (p / "config.json").is_file()):
                 config = json.loads((path / "config.json").read_text())
-                label = (f"{path.name} ({config.get('algorithm')}, {config.get('task')}, "
-                         f"seed {config.get('seed')}, {config.get('steps')} steps)")
+                label = (
+                    f"{path.name} ({config.get('algorithm')}, {config.get('task')}, "
+                    f"seed {config.get('seed')}, {config.get('steps')} steps)"
+                )
                 options.append((label, str(path)))
         selected = tuple(v for v in self.runs.value if v in dict(options).values())
         self.runs.options = options
