@@ -106,3 +106,35 @@ def test_bad_task_input():
     with pytest.raises(ValueError, match="split must be"):
         get_task("addition").generate("test", 3, 0)
     assert set(TASKS) == {"addition", "chain", "jsonl"}
+
+
+@pytest.mark.parametrize("name, params, split, setting", [
+    ("chain", {"steps": 1, "max_operand": 1}, "eval", "max_operand"),
+    ("addition", {"digits": 1, "eval_fraction": 0.001}, "eval", "eval_fraction"),
+    ("addition", {"digits": 1, "eval_fraction": 0.999}, "train", "eval_fraction"),
+])
+def test_unfillable_split_raises_at_once_naming_the_setting(name, params, split, setting):
+    """A split that holds no problem of a small problem space used to loop forever."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=f"no problem in the {split} split.*{setting}"):
+        get_task(name, **params).generate(split, 4, 0)
+    assert time.perf_counter() - start < 5
+
+
+def test_small_problem_spaces_know_their_split_sizes():
+    # 1-digit addition: 81 problems; the split sizes add up and generate() stays inside each split
+    task = get_task("addition", digits=1)
+    train, held_out = task.split_size("train"), task.split_size("eval")
+    assert train + held_out == 81 and held_out >= 1
+    assert {e.prompt for e in task.generate("eval", 200, 0)} <= {f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)}
+    assert len({e.prompt for e in task.generate("eval", 500, 0)}) == held_out
+    assert get_task("addition", digits=3).split_size("eval") is None  # too many to enumerate: unknown
+
+
+def test_jsonl_split_sizes(jsonl_file):
+    task = get_task("jsonl", path=str(jsonl_file))
+    assert task.split_size("train") + task.split_size("eval") == 40
+    assert task.split_size("eval") == len({e.prompt for e in task.generate("eval", 100, 0)})
+    assert get_task("chain", steps=1000).split_size("eval") is None  # a huge space is never listed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from .base import SEPARATOR, Example, Task, check_int, in_eval_split, register_task
+from .base import SEPARATOR, Example, Task, check_int, register_task
 
 
 def addition_solution(a: int, b: int) -> str:
@@ -28,6 +28,7 @@ class Addition(Task):
     """``digits``-digit addition (leading digit nonzero); 10% of problems held out for eval."""
 
     name = "addition"
+    space_settings = "digits"
 
     def __init__(self, digits: int = 3, eval_fraction: float = 0.1):
         check_int("digits", digits, 1, 18)
@@ -35,14 +36,22 @@ class Addition(Task):
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
         self.digits, self.eval_fraction = digits, eval_fraction
 
+    @property
+    def _operands(self) -> range:
+        return range(10 ** (self.digits - 1), 10**self.digits)
+
+    def problems(self):
+        ops = self._operands
+        if len(ops) ** 2 > self.ENUMERATE_LIMIT:
+            return None
+        return (f"{a}+{b}=" for a in ops for b in ops)
+
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
-        self._check_split(split, n)
         rng = random.Random(f"addition-{self.digits}-{split}-{seed}")
-        lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
-        out = []
-        while len(out) < n:
+        lo, hi = self._operands[0], self._operands[-1]
+
+        def draw():
             a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-            prompt = f"{a}+{b}="
-            if in_eval_split(prompt, self.eval_fraction) == (split == "eval"):
-                out.append(Example(prompt, str(a + b), addition_solution(a, b), {"a": a, "b": b}))
-        return out
+            return f"{a}+{b}=", lambda: Example(f"{a}+{b}=", str(a + b), addition_solution(a, b), {"a": a, "b": b})
+
+        return self._draw(split, n, draw)

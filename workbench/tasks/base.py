@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Iterable
 
 __all__ = ["Example", "Task", "TASKS", "register_task", "get_task", "SEPARATOR"]
 
@@ -60,6 +62,53 @@ class Task:
     def format_reward(self, completion: str) -> float:
         """1.0 if the completion has the expected shape (a separator, then an answer)."""
         return 1.0 if self.extract_answer(completion) is not None else 0.0
+
+    #: Problem spaces up to this many problems are listed once, so that each split's size is known.
+    ENUMERATE_LIMIT = 100_000
+    #: The settings that size the problem space, named in the error of a split that holds nothing.
+    space_settings: str = ""
+    eval_fraction: float = 0.1
+
+    def problems(self) -> Iterable[str] | None:
+        """Every prompt the task can draw, when there are at most :data:`ENUMERATE_LIMIT` of them
+        (``None`` otherwise: the space is too large to list, and every split is far from empty)."""
+        return None
+
+    @cached_property
+    def _split_sizes(self) -> dict[str, int] | None:
+        prompts = self.problems()
+        if prompts is None:
+            return None
+        held_out = sum(in_eval_split(p, self.eval_fraction) for p in prompts)
+        total = sum(1 for _ in self.problems())
+        return {"train": total - held_out, "eval": held_out}
+
+    def split_size(self, split: str) -> int | None:
+        """Distinct problems in ``split``, or ``None`` when the problem space is too large to count."""
+        self._check_split(split, 1)
+        sizes = self._split_sizes
+        return None if sizes is None else sizes[split]
+
+    def _draw(self, split: str, n: int, draw: Callable[[], tuple[str, Callable[[], Example]]]) -> list[Example]:
+        """``n`` examples of ``split`` from ``draw() -> (prompt, build)``: prompts are drawn until
+        ``n`` fall in the split (hashed), and only those are built. A split with no problem is an
+        error at once, naming the settings to change, instead of a loop that never ends."""
+        self._check_split(split, n)
+        if self.split_size(split) == 0:
+            sizes = self._split_sizes
+            raise ValueError(f"task {self.name!r} has no problem in the {split} split: eval_fraction="
+                             f"{self.eval_fraction} holds out {sizes['eval']} of its {sum(sizes.values())} problems; "
+                             f"change eval_fraction or {self.space_settings or 'the task settings'}")
+        out, draws, limit = [], 0, 1_000_000 + 1000 * n
+        while len(out) < n:
+            prompt, build = draw()
+            if in_eval_split(prompt, self.eval_fraction) == (split == "eval"):
+                out.append(build())
+            draws += 1
+            if draws >= limit:  # a backstop: listed spaces are checked above, large ones fill their splits
+                raise ValueError(f"task {self.name!r}: {draws} problems drawn, {len(out)} of {n} in the {split} "
+                                 f"split; change eval_fraction or {self.space_settings or 'the task settings'}")
+        return out
 
     @staticmethod
     def _check_split(split: str, n: int) -> None:

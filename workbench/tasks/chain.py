@@ -7,9 +7,10 @@ taken modulo 100), so each step is at most 9 characters: ``steps`` is the dial f
 
 from __future__ import annotations
 
+import itertools
 import random
 
-from .base import SEPARATOR, Example, Task, check_int, in_eval_split, register_task
+from .base import SEPARATOR, Example, Task, check_int, register_task
 
 OPS = "+-*"
 
@@ -28,6 +29,7 @@ class Chain(Task):
     """Left-to-right chains of ``steps`` operations on operands in [1, max_operand], modulo 100."""
 
     name = "chain"
+    space_settings = "steps or max_operand"
 
     def __init__(self, steps: int = 4, max_operand: int = 9, eval_fraction: float = 0.1):
         check_int("steps", steps, 1, 1000)
@@ -42,15 +44,29 @@ class Chain(Task):
         solution, EOS included: ``9`` per step (``99*99=1;``), then ``|`` and two digits."""
         return 9 * self.steps + 4
 
+    def problems(self):
+        m = self.max_operand
+        if m * (len(OPS) * m) ** self.steps > self.ENUMERATE_LIMIT:  # exact integers, however large
+            return None
+        step = list(itertools.product(OPS, range(1, m + 1)))
+        return (_prompt(start, ops) for start in range(1, m + 1) for ops in itertools.product(step, repeat=self.steps))
+
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
-        self._check_split(split, n)
         rng = random.Random(f"chain-{self.steps}-{self.max_operand}-{split}-{seed}")
-        out = []
-        while len(out) < n:
+
+        def draw():
             start = rng.randint(1, self.max_operand)
             ops = [(rng.choice(OPS), rng.randint(1, self.max_operand)) for _ in range(self.steps)]
-            prompt = f"{start}" + "".join(f"{op}{x}" for op, x in ops) + "="
-            if in_eval_split(prompt, self.eval_fraction) == (split == "eval"):
+            prompt = _prompt(start, ops)
+
+            def build():
                 solution, value = chain_solution(start, ops)
-                out.append(Example(prompt, str(value), solution, {"steps": self.steps}))
-        return out
+                return Example(prompt, str(value), solution, {"steps": self.steps})
+
+            return prompt, build
+
+        return self._draw(split, n, draw)
+
+
+def _prompt(start: int, ops) -> str:
+    return f"{start}" + "".join(f"{op}{x}" for op, x in ops) + "="

@@ -116,6 +116,10 @@ class JsonlTask(Task):
             raise ValueError("field 'solution' must be a string")
         return Example(question + suffix, answer.strip(), solution + SEPARATOR + answer.strip())
 
+    def split_size(self, split: str) -> int:
+        self._check_split(split, 1)
+        return len(self.splits[split])
+
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         """``n`` examples of the split, shuffled by ``seed`` (cycled when ``n`` exceeds it)."""
         self._check_split(split, n)
