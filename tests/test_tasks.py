@@ -138,3 +138,49 @@ def test_jsonl_split_sizes(jsonl_file):
     assert task.split_size("train") + task.split_size("eval") == 40
     assert task.split_size("eval") == len({e.prompt for e in task.generate("eval", 100, 0)})
     assert get_task("chain", steps=1000).split_size("eval") is None  # a huge space is never listed
+
+
+def _timed(fn, *args):
+    import time
+
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def test_jsonl_reward_finishes_in_bounded_time_from_any_thread(tmp_path):
+    """``9^9^9`` against gold ``3`` made math-verify compute for ever; now it scores 0 within
+    the deadline, in the main thread and in another one, and the timeout is counted."""
+    import threading
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": "3"}) + "\n" for i in range(20)))
+    task = get_task("jsonl", path=str(path), verify_timeout=1.0)
+    ex = task.examples[0]
+    assert task.reward(ex, "|3") == 1.0 and task.timeouts == 0
+    reward, seconds = _timed(task.reward, ex, "|9^9^9")
+    assert reward == 0.0 and task.timeouts == 1 and seconds < 1.0 + 3.5
+    results = []
+    thread = threading.Thread(target=lambda: results.append(_timed(task.reward, ex, "|9^9^9")))
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results[0][0] == 0.0 and task.timeouts == 2
+    worker = threading.Thread(target=lambda: results.append(task.reward(ex, "|6/2")))  # sympy still works there
+    worker.start()
+    worker.join(timeout=30)
+    assert results[-1] == 1.0
+
+
+def test_a_gold_answer_that_hangs_does_not_hang_later_scores(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = [{"question": "slow", "answer": "9^9^9"}] + [{"question": f"q{i}", "answer": "7"} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("jsonl", path=str(path), verify_timeout=1.0)
+    ex = next(e for e in task.examples if e.answer == "9^9^9")
+    with pytest.warns(UserWarning, match="takes over 1 s to check"):
+        assert task.reward(ex, "|5") == 0.0
+    for completion, expected in (("|4", 0.0), ("|9^9^9", 1.0)):  # compared as text, at once
+        reward, seconds = _timed(task.reward, ex, completion)
+        assert reward == expected and seconds < 0.5
+    other = next(e for e in task.examples if e.answer == "7")
+    assert task.reward(other, "|14/2") == 1.0  # the checker still serves the other examples

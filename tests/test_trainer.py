@@ -210,3 +210,20 @@ def test_each_minibatch_is_normalised_by_its_own_tokens(tmp_path, monkeypatch, m
         tokens = sum(t for t, _ in mb)
         assert all(d == tokens for _, d in mb), mb
     assert len({sum(t for t, _ in mb) for mb in minibatches}) > 1  # the counts differ: the test can fail
+
+
+def test_reward_timeouts_are_counted_in_the_metrics(tmp_path, monkeypatch):
+    """Every response is scored once; a check that runs out of time scores 0 and is counted."""
+    import workbench.tasks.jsonl as jsonl_mod
+
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                            for a in range(10) for b in range(10)))
+    calls = []
+    monkeypatch.setattr(jsonl_mod, "verify", lambda gold, answer, timeout: calls.append(answer) or (False, True))
+    run = train(warm(tmp_path, algorithm="grpo", task="jsonl", task_params={"path": str(data)}, steps=1,
+                     eval_every=10), progress=False)
+    row = run.metrics.iloc[0]
+    samples = run.samples[0]["responses"]
+    assert row["reward_timeouts"] > 0 and row["reward_timeouts"] + run.evals["reward_timeouts"].sum() == len(calls)
+    assert row["accuracy"] == 0.0 and len(samples) == 4

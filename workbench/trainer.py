@@ -262,6 +262,7 @@ class Trainer:
         kept: list[tuple] = []  # per group: (prompt, prompt ids/mask rows, response rows, ...)
         spare = None  # the first group sampled, kept or not: an idle process's stand-in
         rounds, zero_std, seen, generated = 0, 0, 0, 0
+        timeouts_before = self.task.timeouts
         t0 = time.perf_counter()
         while rounds < (c.max_sampling_rounds if dynamic else 1) and self._any_process(len(kept) < hi - lo):
             # a process with enough groups samples along only when every forward is collective (FSDP)
@@ -272,10 +273,10 @@ class Trainer:
                 for g, ex in enumerate(examples):
                     rows = slice(g * n, (g + 1) * n)
                     texts = gen.texts[rows]
+                    scores = [self.task.reward(ex, t) for t in texts]  # each response scored once
                     group = (ex.prompt, gen.prompt_ids[rows], gen.prompt_mask[rows], gen.response_ids[rows],
-                             gen.response_mask[rows], gen.truncated[rows], texts,
-                             [self.task.reward(ex, t) > 0.5 for t in texts],
-                             [self.task.reward(ex, t) + c.format_reward * self.task.format_reward(t) for t in texts])
+                             gen.response_mask[rows], gen.truncated[rows], texts, [r > 0.5 for r in scores],
+                             [r + c.format_reward * self.task.format_reward(t) for r, t in zip(scores, texts)])
                     spare = spare or group
                     seen += 1
                     if len(set(group[8])) == 1:
@@ -287,9 +288,12 @@ class Trainer:
         time_rollout = time.perf_counter() - t0
         kept = kept[: hi - lo]
         groups = len(kept)
+        timeouts = self.task.timeouts - timeouts_before
         if self.sharded_rollout:  # the whole batch's counts
-            groups, zero_std, seen, generated = map(int, self._sum_over_processes(groups, zero_std, seen, generated))
+            groups, zero_std, seen, generated, timeouts = map(
+                int, self._sum_over_processes(groups, zero_std, seen, generated, timeouts))
         stats = {"groups": groups, "frac_zero_std": zero_std / max(1, seen), "sampling_rounds": rounds,
+                 "reward_timeouts": timeouts,
                  "generated_tokens": generated, "time_rollout": time_rollout}
         if not groups:
             return None, stats
@@ -506,7 +510,7 @@ class Trainer:
         """Greedy and sampled (one sample, at the training temperature) held-out accuracy."""
         exs = self.eval_examples
         prompts = [e.prompt for e in exs]
-        out = {}
+        out, timeouts_before = {}, self.task.timeouts
         with torch.random.fork_rng(devices=[] if self.accelerator.device.type == "cpu" else None):
             torch.manual_seed(EVAL_SEED)
             for name, sample in (("greedy", False), ("sampled", True)):
@@ -518,6 +522,7 @@ class Trainer:
                     attn = torch.cat([gen.prompt_mask, gen.response_mask[:, :T].long()], 1)
                     _, ent = self._score(self.model, ids, attn, gen.response_mask[:, :T], grad=False)
                     out["entropy"] = float(ent.sum() / gen.response_mask.sum())
+        out["reward_timeouts"] = self.task.timeouts - timeouts_before
         return out
 
     # ------------------------------------------------------------------ logging and checkpoints

@@ -38,6 +38,8 @@ class Task:
     name = "task"
     #: A ``max_new_tokens`` that fits every worked solution (tasks with long solutions override it).
     max_response_tokens: int = 16
+    #: Reward checks that ran out of time (and scored 0) so far; the trainer logs each step's count.
+    timeouts: int = 0
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         raise NotImplementedError

@@ -2,45 +2,23 @@
 
 The prompt is ``question + suffix`` (``suffix="\\n"`` by default); the worked completion is
 the line's optional ``"solution"`` field (else nothing) followed by ``|`` and the answer.
-Answers are checked with ``math-verify`` (the ecosystem's verifier: ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``), falling
-back to an exact match of the stripped text when either side cannot be parsed.
+Answers are checked with ``math-verify`` (the ecosystem's verifier: ``0.5`` equals ``1/2`` and
+``\\frac{1}{2}``), falling back to an exact match of the stripped text when either side cannot be
+parsed. Every check finishes within ``verify_timeout`` seconds, from any thread (see
+:mod:`workbench.tasks.verifier`); one that runs out of time scores 0 and is counted in ``timeouts``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import math
 import random
 from pathlib import Path
 
 from .base import SEPARATOR, Example, Task, in_eval_split, register_task
+from .verifier import DEFAULT_TIMEOUT, verify
 
 MAX_LINE_BYTES = 1 << 20
-
-
-class _NoTimeoutNotice(logging.Filter):
-    """math-verify logs a warning on every call made without its signal-based timeouts, which
-    the workbench turns off (they fail outside the main thread, e.g. in a notebook widget)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-def _verify(gold: str, answer: str) -> bool:
-    from math_verify import parse, verify
-
-    for name in ("math_verify.parser", "math_verify.grader"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoTimeoutNotice) for f in logger.filters):
-            logger.addFilter(_NoTimeoutNotice())
-
-    try:
-        g, a = parse(gold, parsing_timeout=None), parse(answer, parsing_timeout=None)
-        if g and a:
-            return bool(verify(g, a, timeout_seconds=None))
-    except Exception:
-        pass
-    return gold.strip() == answer.strip()
 
 
 @register_task
@@ -50,7 +28,12 @@ class JsonlTask(Task):
 
     name = "jsonl"
 
-    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2, suffix: str = "\n"):
+    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2, suffix: str = "\n",
+                 verify_timeout: float = DEFAULT_TIMEOUT):
+        if isinstance(verify_timeout, bool) or not isinstance(verify_timeout, (int, float)) or not (
+                0 < verify_timeout <= 600):
+            raise ValueError(f"verify_timeout must be a number of seconds in (0, 600], got {verify_timeout!r}")
+        self.verify_timeout, self.timeouts = float(verify_timeout), 0
         if not 0 < eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
         if not isinstance(suffix, str):
@@ -134,4 +117,8 @@ class JsonlTask(Task):
 
     def is_correct(self, example: Example, completion: str) -> bool:
         answer = self.extract_answer(completion)
-        return answer is not None and _verify(example.answer, answer)
+        if answer is None:
+            return False
+        equal, timed_out = verify(example.answer, answer, self.verify_timeout)
+        self.timeouts += timed_out
+        return equal
