@@ -199,50 +199,98 @@ def test_token_highlight_colours_by_each_value_and_picks_a_mixed_group(tmp_path)
 # ---------------------------------------------------------------------------- redistribution
 
 
-def test_redistribution_matches_the_advantage_functions():
+def _panel(fig, kind, algorithm=None):
+    return next(
+        t for t in fig.data if t.meta["kind"] == kind and (algorithm is None or algorithm in t.meta["algorithms"])
+    )
+
+
+def test_redistribution_shows_entropies_advantages_and_differences():
     ex = spec_example()
-    fig = viz.redistribution_figure(ex["rewards"], ex["entropies"], ex["mask"])
-    assert [t.name for t in fig.data] == ["grpo", "dapo", "gtpo", "grpo_s"]
-    assert [t.xaxis for t in fig.data] == ["x", "x2", "x3", "x4"]
-    z = {t.name: np.asarray(t.z, dtype=float) for t in fig.data}
+    fig = viz.redistribution_figure(ex["rewards"], ex["entropies"], ex["mask"], tokens=[["a", "b", "c"]] * 4)
     mask = ex["mask"].numpy()
-    assert np.isnan(z["grpo"][~mask]).all() and np.isnan(z["gtpo"][~mask]).all()
+    assert [t.meta["kind"] for t in fig.data] == [
+        "entropy",
+        "advantage",
+        "advantage",
+        "difference",
+        "advantage",
+        "difference",
+    ]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [
+        "token entropy",
+        "GRPO = DAPO advantage",
+        "GTPO advantage",
+        "GRPO-S advantage",
+        "GTPO − GRPO",
+        "GRPO-S − GRPO",
+    ]
+    assert list(fig.data[0].y) == ["#0 ✓ r=1", "#1 ✓ r=1", "#2 ✗ r=0", "#3 ✗ r=0"]
+    entropy = _panel(fig, "entropy")
+    np.testing.assert_array_equal(np.asarray(entropy.z, dtype=float)[mask], ex["entropies"].numpy()[mask])
+    assert entropy.text[0] == ["a", "b", "c"] and entropy.text[1][2] == ""  # tokens in the cells, padding blank
     grpo = workbench.grpo(ex["rewards"], ex["mask"]).numpy()
-    for i in range(4):
-        row = z["grpo"][i][mask[i]]
-        assert np.all(row == row[0])
-    np.testing.assert_array_equal(z["grpo"][mask], grpo[mask])
-    np.testing.assert_array_equal(z["gtpo"][mask], workbench.gtpo(**ex).numpy()[mask])
-    np.testing.assert_allclose(z["gtpo"][0], [0.930469, 0.999393, 0.947700], atol=1e-5)
-    assert len(set(np.round(z["gtpo"][0], 6))) == 3  # GTPO varies along a response
-    assert fig.layout.coloraxis.cmid == 0
+    gtpo = workbench.gtpo(**ex).numpy()
+    assert _panel(fig, "advantage", "dapo") is _panel(fig, "advantage", "grpo")  # identical: one panel
+    for algorithm, expected in (("grpo", grpo), ("gtpo", gtpo), ("grpo_s", workbench.grpo_s(**ex).numpy())):
+        panel = _panel(fig, "advantage", algorithm)
+        np.testing.assert_array_equal(np.asarray(panel.z, dtype=float)[mask], expected[mask])
+        assert np.isnan(np.asarray(panel.z, dtype=float)[~mask]).all()
+        # the numbers printed in the cells are the library's advantages
+        printed = [float(panel.text[i][t]) for i in range(4) for t in range(3) if mask[i, t]]
+        np.testing.assert_allclose(printed, expected[mask], atol=0.005)
+    np.testing.assert_allclose(_panel(fig, "advantage", "gtpo").z[0], [0.930469, 0.999393, 0.947700], atol=1e-5)
+    difference = np.asarray(_panel(fig, "difference", "gtpo").z, dtype=float)
+    np.testing.assert_allclose(difference[mask], (gtpo - grpo)[mask], atol=1e-6)
+    # each scale is symmetric and covers its panels: advantages to the largest |A|, each difference panel to its
+    # own largest |D| (at least a twentieth of the advantage range)
+    assert fig.layout.coloraxis2.cmin == -fig.layout.coloraxis2.cmax == pytest.approx(-np.abs(gtpo[mask]).max())
+    assert _panel(fig, "difference", "gtpo").coloraxis == "coloraxis3"
+    assert fig.layout.coloraxis3.cmax == pytest.approx(np.abs((gtpo - grpo)[mask]).max())
+    assert fig.layout.coloraxis3.cmin == -fig.layout.coloraxis3.cmax
+    grpo_s = workbench.grpo_s(**ex).numpy()
+    floor = np.abs(gtpo[mask]).max() / 20
+    assert fig.layout.coloraxis4.cmax == pytest.approx(max(np.abs((grpo_s - grpo)[mask]).max(), floor))
 
 
-def test_redistribution_routes_keyword_arguments():
+def test_redistribution_routes_keyword_arguments_and_keeps_given_ranges():
     ex = spec_example()
     fig = viz.redistribution_figure(
-        **ex, algorithms=("grpo", "gtpo", "grpo_s"), alpha2=0.5, normalize="per_polarity", grpo_s={"beta2": 0.9}
+        **ex,
+        algorithms=("grpo", "gtpo", "grpo_s"),
+        alpha2=0.5,
+        normalize="per_polarity",
+        grpo_s={"beta2": 0.9},
+        ranges={"advantage": 3.0},
     )
-    z = {t.name: np.asarray(t.z, dtype=float) for t in fig.data}
     mask = ex["mask"].numpy()
+    z = {a: np.asarray(_panel(fig, "advantage", a).z, dtype=float) for a in ("grpo", "gtpo", "grpo_s")}
     np.testing.assert_array_equal(z["grpo"][mask], workbench.grpo(ex["rewards"], ex["mask"]).numpy()[mask])
     expected = workbench.gtpo(**ex, alpha2=0.5, normalize="per_polarity").numpy()
     np.testing.assert_array_equal(z["gtpo"][mask], expected[mask])
     expected = workbench.grpo_s(**ex, beta2=0.9, normalize="per_polarity").numpy()
     np.testing.assert_array_equal(z["grpo_s"][mask], expected[mask])
+    assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-3.0, 3.0)
+    assert "α2 = 0.5" in fig.layout.title.text and "normalize = per_polarity" in fig.layout.title.text
     # a variant keeps what it fixes itself: the shared normalize does not undo gtpo_per_polarity
     adv = viz.algorithm_advantages(ex, ("gtpo_per_polarity",), normalize="joint")["gtpo_per_polarity"]
     np.testing.assert_allclose(adv[0], [-0.447204, 1.341611, 0.0], atol=1e-5)
 
 
-def test_redistribution_from_sample_recomputes_advantages():
-    fig = viz.redistribution_from_sample(_record(7), ("gtpo",))
+def test_redistribution_from_sample_has_one_advantage_per_tooltip():
+    record = {**_record(7), "source": "run-a"}
+    for response in record["responses"]:  # logged advantages that differ from the recomputed ones
+        response["advantages"] = [9.0] * len(response["tokens"])
+    fig = viz.redistribution_from_sample(record, ("gtpo",))
     ex = spec_example()
-    np.testing.assert_array_equal(
-        np.asarray(fig.data[0].z)[ex["mask"].numpy()], workbench.gtpo(**ex).numpy()[ex["mask"].numpy()]
-    )
-    assert "'<b>'" not in fig.data[0].hovertext[0][1] and "&lt;b&gt;" in fig.data[0].hovertext[0][1]
-    assert "A (gtpo)" in fig.data[0].hovertext[0][1] and "step 7" in fig.layout.title.text
+    mask = ex["mask"].numpy()
+    gtpo = _panel(fig, "advantage", "gtpo")
+    np.testing.assert_array_equal(np.asarray(gtpo.z)[mask], workbench.gtpo(**ex).numpy()[mask])
+    hover = gtpo.hovertext[0][1]
+    assert "&lt;b&gt;" in hover and "'<b>'" not in hover
+    assert hover.count("advantage") == 1 and "GTPO advantage: +0.999" in hover and "9.0" not in hover
+    assert "run-a" in fig.layout.title.text and "step 7" in fig.layout.title.text
 
 
 def test_synthetic_group_is_seeded():
@@ -365,32 +413,71 @@ def test_entropy_shift_first_and_last_step(tmp_path):
 # ---------------------------------------------------------------------------- widgets
 
 
-def test_shaping_explorer_updates_live():
-    pytest.importorskip("anywidget")
+def _widget_states(root):
+    """The synchronised state of ``root`` and every widget below it (what the browser and a saved notebook get)."""
+    import ipywidgets
+
+    states, todo = [], [root]
+    while todo:
+        w = todo.pop()
+        states.append(w.get_state())
+        todo += [c for c in getattr(w, "children", ()) if isinstance(c, ipywidgets.Widget)]
+    return states
+
+
+def test_shaping_explorer_redraws_whole_figures_with_fixed_colours():
     explorer = viz.shaping_explorer()
-    names = [t.name for t in explorer.figure.data]
-    assert names == ["grpo", "dapo", "gtpo", "grpo_s"]
-    gtpo_before = np.array(explorer.figure.data[2].z, dtype=float)
-    grpo_before = np.array(explorer.figure.data[0].z, dtype=float)
+    fig = explorer.figure
+    assert [t.meta["kind"] for t in fig.data][:2] == ["entropy", "advantage"] and len(fig.data[0].y) == 8
+    ranges = (fig.layout.coloraxis2.cmax, fig.layout.coloraxis4.cmax)  # advantages, GRPO-S - GRPO
+    grpo_before = np.asarray(_panel(fig, "advantage", "grpo").z, dtype=float)
     explorer.alpha2.value = 0.6
-    gtpo_after = np.array(explorer.figure.data[2].z, dtype=float)
-    assert not np.allclose(np.nan_to_num(gtpo_before), np.nan_to_num(gtpo_after))
-    np.testing.assert_array_equal(np.nan_to_num(grpo_before), np.nan_to_num(explorer.figure.data[0].z))
+    after = explorer.figure
     group = explorer.group()
-    rewards, entropies, mask = group.tensors()
-    expected = workbench.gtpo(rewards, entropies, mask, alpha2=0.6).numpy()
-    np.testing.assert_array_equal(gtpo_after[group.mask], expected[group.mask])
+    expected = workbench.gtpo(*group.tensors(), alpha2=0.6).numpy()
+    np.testing.assert_array_equal(np.asarray(_panel(after, "advantage", "gtpo").z)[group.mask], expected[group.mask])
+    np.testing.assert_array_equal(explorer.advantages["gtpo"][group.mask], expected[group.mask])
+    np.testing.assert_array_equal(np.asarray(_panel(after, "advantage", "grpo").z, dtype=float), grpo_before)
+    # the colour scales did not move with alpha2: panels that did not change keep their colours
+    assert (after.layout.coloraxis2.cmax, after.layout.coloraxis4.cmax) == ranges
+    assert after.layout.coloraxis3.cmax != fig.layout.coloraxis3.cmax  # GTPO - GRPO changed and fits its values
+    # the output area holds the whole new figure, as plotly JSON with nulls where cells are masked
+    shown = explorer.view.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert shown["data"][2]["z"] == json.loads(after.to_json())["data"][2]["z"]
 
     explorer.n.value = 5
-    assert len(explorer.figure.data[0].y) == 5
+    assert len(explorer.figure.data[0].y) == 5 and explorer.group().n == 5
     explorer.algorithms.value = ("gtpo",)
-    assert [t.name for t in explorer.figure.data] == ["gtpo"]
+    assert [t.meta["algorithms"] for t in explorer.figure.data] == [[], ["gtpo"], ["gtpo"]]
     stored = viz.shaping_explorer(_record(1))
     assert stored.n.disabled and np.asarray(stored.figure.data[0].z).shape == (4, 3)
+    assert "wb-highlight" in stored.children[-1].value  # the stored group as text too
+
+
+def test_widgets_send_json_without_nan_and_stay_small(tmp_path, monkeypatch):
+    import ipywidgets
+
+    sent = []
+    monkeypatch.setattr(ipywidgets.Widget, "_send", lambda self, msg, buffers=None: sent.append(msg))
+    explorer = viz.shaping_explorer()
+    explorer.alpha2.value = 0.3
+    explorer.n.value = 12  # a change of structure, as notebook 5's check does
+    assert sent, "no widget message was recorded"
+    for msg in sent:  # every update the browser receives is JSON (NaN/inf would raise here)
+        json.dumps(msg, allow_nan=False, default=lambda o: None)
+    launcher = viz.run_launcher(lambda config, callback: None, runs_root=tmp_path)
+    for widget in (explorer, launcher):
+        states = _widget_states(widget)
+        text = json.dumps(states, allow_nan=False, default=lambda o: None)
+        assert len(text) < 1_000_000, f"{type(widget).__name__} state weighs {len(text)} bytes"
+        bundle = widget._repr_mimebundle_()
+        # a reader without a kernel sees a static figure and a sentence, not the widget's repr
+        assert "application/vnd.plotly.v1+json" in bundle or widget is launcher
+        assert "(its controls need a live kernel)" in bundle["text/plain"] and "children=" not in bundle["text/plain"]
+        json.dumps(bundle, allow_nan=False)
 
 
 def test_run_launcher_with_a_fake_train_fn(tmp_path):
-    pytest.importorskip("anywidget")
     seen = {}
 
     def fake_train(config, callback):
@@ -416,13 +503,15 @@ def test_run_launcher_with_a_fake_train_fn(tmp_path):
     assert seen["output_dir"].endswith("grpo_s-chain-seed0")
     assert launcher.progress.value == launcher.progress.max == 3
     assert launcher.progress.bar_style == "success"
-    assert list(launcher.live.data[0].x) == [1, 2, 3] and list(launcher.live.data[0].y) == [0.25, 0.5, 0.75]
+    live = launcher.live.figure
+    assert list(live.data[0].x) == [1, 2, 3] and list(live.data[0].y) == [0.25, 0.5, 0.75]
+    assert live.layout.template.layout.font.size == viz.style.TEMPLATE.layout.font.size  # the workbench template
     assert launcher.runs.value == (str(tmp_path / "runs" / "fake"),)
-    assert _traces(launcher.compare, metric="accuracy", group="grpo_s", kind="mean")
+    assert _traces(launcher.compare.figure, metric="accuracy", group="fake", kind="mean")
+    assert "application/vnd.plotly.v1+json" in launcher._repr_mimebundle_()
 
 
 def test_run_launcher_shows_a_failure(tmp_path):
-    pytest.importorskip("anywidget")
 
     def failing(config, callback):
         callback(1, {"accuracy": 0.0})

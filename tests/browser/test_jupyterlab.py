@@ -42,14 +42,35 @@ def _free_port() -> int:
 def lab(tmp_path):
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, tmp_path / NOTEBOOK)
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "WORKBENCH_FAST": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime")}
+    env = {
+        **os.environ,
+        "WORKBENCH_FAST": "1",
+        "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime"),
+    }
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False",
-         "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            "--allow-root",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
@@ -59,7 +80,7 @@ def lab(tmp_path):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
+                raise RuntimeError(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}") from None
             time.sleep(0.5)
     yield url, token
     proc.terminate()
@@ -77,9 +98,18 @@ def test_notebook_runs_in_jupyterlab_and_renders_figures_and_widgets(lab):
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -91,8 +121,9 @@ def test_notebook_runs_in_jupyterlab_and_renders_figures_and_widgets(lab):
         except sync_api.TimeoutError:
             pass
         # wait for the kernel, then Run > Run All Cells (the menu's command, through the app object)
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.isEnabled('notebook:run-all-cells')",
-                               timeout=90_000)
+        page.wait_for_function(
+            "() => window.jupyterapp && window.jupyterapp.commands.isEnabled('notebook:run-all-cells')", timeout=90_000
+        )
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
         page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
         # the last cell runs a short training run from the launcher widget
@@ -102,7 +133,10 @@ def test_notebook_runs_in_jupyterlab_and_renders_figures_and_widgets(lab):
             prompt = last.locator(".jp-InputPrompt").inner_text()
             if prompt.strip() not in ("[ ]:", "[*]:", "[]:", ""):
                 break
-            if any("Traceback (most recent call last)" in t for t in page.locator(".jp-OutputArea-output").all_inner_texts()):
+            if any(
+                "Traceback (most recent call last)" in t
+                for t in page.locator(".jp-OutputArea-output").all_inner_texts()
+            ):
                 break  # a cell raised: the assertions below report it
             page.wait_for_timeout(1000)
         else:

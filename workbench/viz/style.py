@@ -1,10 +1,28 @@
-"""One colour per algorithm, shared by every figure and widget."""
+"""One look for every figure and widget: a colour and a readable name per algorithm, one plotly template.
+
+``TEMPLATE`` (registered in plotly as ``"workbench"``) is plotly's white template with the
+algorithm colours, grid lines, hover labels and margins the figures share; every figure function
+and widget of :mod:`workbench.viz` sets it, so a figure looks the same in a notebook, in the run
+launcher and in an exported page.
+"""
 
 from __future__ import annotations
 
 import plotly.colors
+import plotly.graph_objects as go
+import plotly.io as pio
 
-__all__ = ["PALETTE", "algorithm_color", "rgba", "CORRECT_COLOR", "WRONG_COLOR"]
+__all__ = [
+    "PALETTE",
+    "NAMES",
+    "TEMPLATE",
+    "algorithm_color",
+    "display_name",
+    "rgba",
+    "styled",
+    "CORRECT_COLOR",
+    "WRONG_COLOR",
+]
 
 #: Fixed colours of the registered algorithms (variants share their parent's hue family).
 PALETTE: dict[str, str] = {
@@ -15,6 +33,16 @@ PALETTE: dict[str, str] = {
     "gtpo_per_polarity": "#B6E880",
     "grpo_s": "#AB63FA",
     "grpo_s_token": "#FF97FF",
+}
+#: Names as the paper and the README write them.
+NAMES: dict[str, str] = {
+    "grpo": "GRPO",
+    "dr_grpo": "Dr. GRPO",
+    "dapo": "DAPO",
+    "gtpo": "GTPO",
+    "gtpo_per_polarity": "GTPO (per polarity)",
+    "grpo_s": "GRPO-S",
+    "grpo_s_token": "GRPO-S (token loss)",
 }
 _EXTRA = plotly.colors.qualitative.Dark24
 _OTHERS: dict[str, str] = {}
@@ -33,3 +61,32 @@ def rgba(color: str, alpha: float) -> str:
     """``"#RRGGBB"`` as an ``rgba(...)`` string with opacity ``alpha`` (for shaded bands)."""
     r, g, b = plotly.colors.hex_to_rgb(color)
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def display_name(name: str) -> str:
+    """``"grpo_s"`` -> ``"GRPO-S"``; names outside the registry are returned as they are."""
+    return NAMES.get(str(name), str(name))
+
+
+TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+TEMPLATE.layout.update(
+    font={"size": 13},
+    title={"font": {"size": 16}, "x": 0.01, "xanchor": "left"},
+    colorway=list(PALETTE.values()),
+    hoverlabel={"font": {"family": "monospace", "size": 12}},
+    margin={"l": 70, "r": 30, "t": 70, "b": 60},
+    legend={"title": {"text": ""}},
+)
+TEMPLATE.layout.xaxis.update(gridcolor="#eee", zerolinecolor="#ccc", automargin=True)
+TEMPLATE.layout.yaxis.update(gridcolor="#eee", zerolinecolor="#ccc", automargin=True)
+pio.templates["workbench"] = TEMPLATE
+
+
+def styled(fig: go.Figure, *, title: str | None = None, height: int | None = None) -> go.Figure:
+    """``fig`` with the workbench template (and ``title``/``height`` when given), full width."""
+    fig.update_layout(template="workbench", autosize=True)
+    if title is not None:
+        fig.update_layout(title={"text": title})
+    if height is not None:
+        fig.update_layout(height=height)
+    return fig

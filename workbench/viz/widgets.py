@@ -1,13 +1,19 @@
 """Notebook widgets: a live reward-shaping explorer and a run launcher.
 
-Both are ``ipywidgets.VBox`` subclasses whose controls and ``plotly`` ``FigureWidget``\\ s
-are attributes, so a notebook (or a test) can set a control and read the figure back.
+Both are ``ipywidgets.VBox`` subclasses whose controls are attributes, so a notebook (or a test)
+can set a control and read the figure back. Figures are plain ``plotly`` figures shown in a
+:class:`FigureView` (an ``ipywidgets.Output``) and replaced as a whole on every change: plotly's
+``FigureWidget`` updated in place stops redrawing in the browser when the number of rows changes,
+sends NaN (which JSON cannot carry) and stores plotly.js in the notebook with every figure.
+Displayed, each widget also carries its current figure as plotly JSON and a one-line text, so a
+notebook read without a kernel shows a static figure instead of the widget's ``repr``.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import time
 import traceback
 from pathlib import Path
 
@@ -18,48 +24,99 @@ from plotly.subplots import make_subplots
 from ..advantages import NORMALIZE, ZERO_VARIANCE
 from ..algorithms import ALGORITHMS
 from .curves import training_curves
-from .redistribution import DEFAULT_ALGORITHMS, redistribution_from_sample, synthetic_group
+from .highlight import token_highlight
+from .redistribution import (
+    DEFAULT_ALGORITHMS,
+    algorithm_advantages,
+    colour_ranges,
+    redistribution_from_sample,
+    synthetic_group,
+)
 from .sources import Group, as_group
+from .style import display_name, styled
 
-__all__ = ["ShapingExplorer", "shaping_explorer", "RunLauncher", "run_launcher"]
+__all__ = ["FigureView", "ShapingExplorer", "shaping_explorer", "RunLauncher", "run_launcher", "figure_bundle"]
 
-_COPIED = ("x", "y", "z", "text", "texttemplate", "hovertext")
-
-
-def _replace_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
-    """Give ``widget`` the traces and layout of ``fig`` (for changes of structure)."""
-    widget.data = ()
-    widget.layout = fig.layout
-    widget.add_traces(fig.data)
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
-class ShapingExplorer(widgets.VBox):
-    """Per-token advantages of one group under each algorithm, redrawn as the controls move.
+def figure_bundle(fig: go.Figure) -> dict:
+    """The display data of ``fig``: plotly JSON (NaN as null) that JupyterLab's plotly renderer draws."""
+    title = fig.layout.title.text or "figure"
+    return {PLOTLY_MIME: json.loads(fig.to_json()), "text/plain": f"<plotly figure: {title}>"}
+
+
+class FigureView(widgets.Output):
+    """A plotly figure in an output area; :meth:`show` replaces it whole (never trace by trace)."""
+
+    def __init__(self, fig: go.Figure | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.figure = go.Figure()
+        if fig is not None:
+            self.show(fig)
+
+    def show(self, fig: go.Figure) -> None:
+        self.figure = fig
+        self.outputs = ({"output_type": "display_data", "data": figure_bundle(fig), "metadata": {}},)
+
+
+class _StaticFallback:
+    """Adds the widget's current figure and a one-line description to its display data: what a
+    reader without a kernel (a stored notebook, an exported page) sees in place of the controls."""
+
+    _description = "widget"
+
+    def _static_figure(self) -> go.Figure | None:
+        return None
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        fig = self._static_figure()
+        if fig is not None and fig.data:
+            bundle[PLOTLY_MIME] = json.loads(fig.to_json())
+        bundle["text/plain"] = f"{self._description} (its controls need a live kernel)"
+        return bundle
+
+
+_SLIDER = {"continuous_update": False, "style": {"description_width": "60px"}}
+
+
+class ShapingExplorer(_StaticFallback, widgets.VBox):
+    """Token entropies, per-token advantages and differences from GRPO of one group, redrawn as the controls move.
 
     Controls (attributes): ``algorithms`` (multi-select), ``alpha1``, ``alpha2`` (GTPO),
     ``beta1``, ``beta2`` (GRPO-S), ``normalize``, ``zero_variance``, and for the synthetic
     group ``n``, ``T``, ``seed`` (disabled when a stored group is shown). ``figure`` is the
-    ``FigureWidget``; its heatmaps are updated in place while the algorithms stay the same.
+    current figure, ``advantages`` the current ``{algorithm: [n, T]}`` values; colour scales stay
+    fixed while the settings move and are refitted when the group changes. A stored group is
+    also shown as text (:func:`~workbench.viz.token_highlight`).
     """
+
+    _description = "Shaping explorer"
 
     def __init__(self, group=None, algorithms=DEFAULT_ALGORITHMS):
         self.stored: Group | None = None if group is None else as_group(group)
-        slider = dict(continuous_update=False, readout_format=".2f")
+        rows = min(7, len(ALGORITHMS))
         self.algorithms = widgets.SelectMultiple(
-            options=list(ALGORITHMS), value=tuple(algorithms), description="algorithms", rows=min(7, len(ALGORITHMS))
+            options=[(display_name(a), a) for a in ALGORITHMS],
+            value=tuple(algorithms),
+            description="algorithms",
+            rows=rows,
         )
-        self.alpha1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="alpha1", **slider)
-        self.alpha2 = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="alpha2", **slider)
-        self.beta1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="beta1", **slider)
-        self.beta2 = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="beta2", **slider)
+        self.alpha1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="alpha1", **_SLIDER)
+        self.alpha2 = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="alpha2", **_SLIDER)
+        self.beta1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="beta1", **_SLIDER)
+        self.beta2 = widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, description="beta2", **_SLIDER)
         self.normalize = widgets.ToggleButtons(options=NORMALIZE, value="joint", description="normalize")
-        self.zero_variance = widgets.ToggleButtons(options=ZERO_VARIANCE, value="skip", description="zero var.")
-        stored = dict(disabled=self.stored is not None)
-        self.n = widgets.IntSlider(value=8, min=2, max=32, description="n", continuous_update=False, **stored)
-        self.T = widgets.IntSlider(value=12, min=1, max=64, description="T", continuous_update=False, **stored)
-        self.seed = widgets.IntText(value=0, description="seed", **stored)
-        self.figure = go.FigureWidget()
-        controls = (
+        self.zero_variance = widgets.ToggleButtons(options=ZERO_VARIANCE, value="skip", description="zero variance")
+        fixed = {"disabled": self.stored is not None}
+        self.n = widgets.IntSlider(value=8, min=2, max=32, description="n", **_SLIDER, **fixed)
+        self.T = widgets.IntSlider(value=12, min=1, max=64, description="T", **_SLIDER, **fixed)
+        self.seed = widgets.IntText(value=0, description="seed", layout={"width": "160px"}, **fixed)
+        self.view = FigureView(layout={"width": "100%"})
+        self.advantages: dict = {}
+        self._ranges: dict | None = None
+        for control in (
             self.algorithms,
             self.alpha1,
             self.alpha2,
@@ -67,13 +124,15 @@ class ShapingExplorer(widgets.VBox):
             self.beta2,
             self.normalize,
             self.zero_variance,
-            self.n,
-            self.T,
-            self.seed,
-        )
-        for control in controls:
+        ):
             control.observe(lambda _: self.update(), names="value")
-        self.update()
+        for control in (self.n, self.T, self.seed):
+            control.observe(lambda _: self.update(new_group=True), names="value")
+        self.update(new_group=True)
+        text = [widgets.HTML(token_highlight(self.stored).to_html())] if self.stored is not None else []
+        toggles = {"style": {"description_width": "90px", "button_width": "110px"}}
+        for toggle in (self.normalize, self.zero_variance):
+            toggle.style = toggles["style"]
         super().__init__(
             [
                 widgets.HBox(
@@ -84,9 +143,18 @@ class ShapingExplorer(widgets.VBox):
                     ]
                 ),
                 widgets.HBox([self.normalize, self.zero_variance]),
-                self.figure,
-            ]
+                self.view,
+                *text,
+            ],
+            layout={"width": "100%"},
         )
+
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
+
+    def _static_figure(self) -> go.Figure:
+        return self.figure
 
     def group(self) -> Group:
         """The group shown: the stored one, or the synthetic group of the ``n``, ``T``, ``seed`` controls."""
@@ -103,19 +171,17 @@ class ShapingExplorer(widgets.VBox):
             "zero_variance": self.zero_variance.value,
         }
 
-    def update(self) -> None:
-        """Recompute the advantages and redraw (in place when the algorithms are unchanged)."""
+    def update(self, new_group: bool = False) -> None:
+        """Recompute the advantages and draw a new figure (colour scales refitted only for a new group)."""
         algorithms = tuple(self.algorithms.value)
         if not algorithms:
             return
-        fig = redistribution_from_sample(self.group(), algorithms, title="Per-token advantages", **self.kwargs())
-        if tuple(trace.name for trace in self.figure.data) != algorithms:
-            _replace_figure(self.figure, fig)
-            return
-        with self.figure.batch_update():
-            for old, new in zip(self.figure.data, fig.data):
-                old.update({key: new[key] for key in _COPIED})
-            self.figure.layout.height = fig.layout.height
+        group, kwargs = self.group(), self.kwargs()
+        if new_group or self._ranges is None:
+            self._ranges = {k: 1.25 * v for k, v in colour_ranges(group, DEFAULT_ALGORITHMS, **kwargs).items()}
+        self.advantages = algorithm_advantages(group, algorithms, **kwargs)
+        title = "Per-token advantages" + ("" if self.stored is None else " of the stored group")
+        self.view.show(redistribution_from_sample(group, algorithms, ranges=self._ranges, title=title, **kwargs))
 
 
 def shaping_explorer(group=None, algorithms=DEFAULT_ALGORITHMS) -> ShapingExplorer:
@@ -124,20 +190,22 @@ def shaping_explorer(group=None, algorithms=DEFAULT_ALGORITHMS) -> ShapingExplor
     return ShapingExplorer(group, algorithms)
 
 
-class RunLauncher(widgets.VBox):
+class RunLauncher(_StaticFallback, widgets.VBox):
     """Start a training run from a notebook and watch it; compare the runs of ``runs_root``.
 
     Controls (attributes): ``task``, ``chain_length`` (chain task only), ``algorithm``,
     ``steps``, ``seed``, ``run_button``. While a run trains, ``progress`` counts the steps,
-    ``status`` shows the last step and ``live`` (a ``FigureWidget``) plots ``live_metrics``;
-    a failure is kept in ``error`` and its traceback printed in ``output``. ``runs`` lists the run directories
-    of ``runs_root``; selecting some draws :func:`training_curves` into ``compare``.
+    ``status`` shows the last step and ``live`` (a :class:`FigureView`) plots ``live_metrics``;
+    a failure is kept in ``error`` and its traceback printed in ``output``. ``runs`` lists the run
+    directories of ``runs_root``; selecting some draws :func:`training_curves` into ``compare``.
 
     ``train_fn(config: dict, callback=fn) -> Run`` defaults to ``workbench.train`` (imported
     when the button is pressed); ``callback(step, row)`` is called after every step. The
     config is ``base_config`` updated with the controls and a fresh ``output_dir`` under
     ``runs_root``. Training runs in the button's handler (the notebook waits for it).
     """
+
+    _description = "Run launcher"
 
     def __init__(
         self,
@@ -149,28 +217,26 @@ class RunLauncher(widgets.VBox):
         live_metrics=("accuracy", "entropy"),
         compare_metrics=("accuracy", "entropy", "response_len_mean"),
     ):
-        self.train_fn = train_fn
-        self.runs_root = Path(runs_root)
+        self.train_fn, self.runs_root = train_fn, Path(runs_root)
         self.base_config = dict(base_config or {})
-        self.live_metrics = tuple(live_metrics)
-        self.compare_metrics = tuple(compare_metrics)
-        self.last_run = None
-        self.error: BaseException | None = None
+        self.live_metrics, self.compare_metrics = tuple(live_metrics), tuple(compare_metrics)
+        self.last_run, self.error = None, None
         self.task = widgets.Dropdown(options=list(tasks), description="task")
         self.chain_length = widgets.IntSlider(value=8, min=2, max=64, description="chain length")
-        self.algorithm = widgets.Dropdown(options=list(ALGORITHMS), value="gtpo", description="algorithm")
+        self.algorithm = widgets.Dropdown(
+            options=[(display_name(a), a) for a in ALGORITHMS], value="gtpo", description="algorithm"
+        )
         self.steps = widgets.IntSlider(value=50, min=1, max=2000, description="steps")
-        self.seed = widgets.IntText(value=0, description="seed")
+        self.seed = widgets.IntText(value=0, description="seed", layout={"width": "160px"})
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.progress = widgets.IntProgress(value=0, min=0, max=self.steps.value, description="progress")
-        self.status = widgets.HTML()
-        self.output = widgets.Output()
-        self.live = go.FigureWidget(self._live_figure())
-        self.runs = widgets.SelectMultiple(options=[], description="runs", rows=6, layout=widgets.Layout(width="60%"))
+        self.status, self.output = widgets.HTML(), widgets.Output()
+        self.live = FigureView(layout={"width": "100%"})
+        self.runs = widgets.SelectMultiple(options=[], description="runs", rows=6, layout={"width": "70%"})
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
-        self.compare = go.FigureWidget()
-        self._seen = 0
-
+        self.compare = FigureView(layout={"width": "100%"})
+        self._points: dict[str, list] = {}
+        self._drawn = 0.0
         self.task.observe(lambda _: self._show_chain_length(), names="value")
         self.run_button.on_click(lambda _: self.launch())
         self.refresh_button.on_click(lambda _: self.refresh())
@@ -186,15 +252,27 @@ class RunLauncher(widgets.VBox):
                 self.output,
                 widgets.HBox([self.runs, self.refresh_button]),
                 self.compare,
-            ]
+            ],
+            layout={"width": "100%"},
         )
 
+    def _static_figure(self) -> go.Figure:
+        return self.compare.figure if self.compare.figure.data else self.live.figure
+
     def _live_figure(self) -> go.Figure:
-        fig = make_subplots(rows=1, cols=len(self.live_metrics), subplot_titles=self.live_metrics)
+        fig = make_subplots(
+            rows=1, cols=len(self.live_metrics), subplot_titles=self.live_metrics, horizontal_spacing=0.08
+        )
+        steps = self._points.get("step", [])
         for col, metric in enumerate(self.live_metrics, start=1):
-            fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=metric), row=1, col=col)
-        fig.update_layout(height=280, showlegend=False, title="live")
-        return fig
+            fig.add_trace(
+                go.Scatter(x=steps, y=self._points.get(metric, []), mode="lines+markers", name=metric), row=1, col=col
+            )
+        fig.update_xaxes(title_text="step", tickformat="d", rangemode="tozero")
+        return styled(fig, title=f"live: {self.config_label()}", height=300).update_layout(showlegend=False)
+
+    def config_label(self) -> str:
+        return f"{display_name(self.algorithm.value)} on {self.task.value}, seed {self.seed.value}"
 
     def _show_chain_length(self) -> None:
         self.chain_length.layout.display = None if self.task.value == "chain" else "none"
@@ -220,23 +298,24 @@ class RunLauncher(widgets.VBox):
         }
 
     def on_step(self, step: int, row: dict) -> None:
-        """The training callback: advance the progress bar and append to the live curves."""
-        self._seen += 1
-        self.progress.value = min(self._seen, self.progress.max)
-        with self.live.batch_update():
-            for trace, metric in zip(self.live.data, self.live_metrics):
-                trace.x = tuple(trace.x or ()) + (step,)
-                trace.y = tuple(trace.y or ()) + (row.get(metric),)
+        """The training callback: advance the progress bar, extend the live curves (redrawn twice a second at most)."""
+        self.progress.value = min(self.progress.value + 1, self.progress.max)
+        self._points.setdefault("step", []).append(step)
+        for metric in self.live_metrics:
+            value = row.get(metric)
+            self._points.setdefault(metric, []).append(value if isinstance(value, (int, float)) else None)
+        if time.monotonic() - self._drawn > 0.5 or self.progress.value == self.progress.max:
+            self.live.show(self._live_figure())
+            self._drawn = time.monotonic()
         shown = ", ".join(f"{m} {row[m]:.3g}" for m in self.live_metrics if isinstance(row.get(m), (int, float)))
         self.status.value = f"step {step}: {html.escape(shown)}"
 
     def launch(self):
         """Train one run with the current controls; returns its ``Run`` (None if it failed)."""
-        train = self.train_fn
-        config = self.config()
-        self._seen, self.error, self.last_run = 0, None, None
+        train, config = self.train_fn, self.config()
+        self.error, self.last_run, self._points = None, None, {}
         self.progress.max, self.progress.value, self.progress.bar_style = config["steps"], 0, ""
-        _replace_figure(self.live, self._live_figure())
+        self.live.show(self._live_figure())
         self.output.clear_output()
         self.run_button.disabled = True
         try:
@@ -253,6 +332,7 @@ class RunLauncher(widgets.VBox):
             self.progress.bar_style = "success"
             path = str(getattr(self.last_run, "path", config["output_dir"]))
             self.status.value = f"finished: {html.escape(path)}"
+            self.live.show(self._live_figure())
             self.refresh()
             if path in dict(self.runs.options).values():
                 self.runs.value = (path,)
@@ -267,7 +347,7 @@ class RunLauncher(widgets.VBox):
             for path in sorted(p for p in self.runs_root.iterdir() if (p / "config.json").is_file()):
                 config = json.loads((path / "config.json").read_text())
                 label = (
-                    f"{path.name} ({config.get('algorithm')}, {config.get('task')}, "
+                    f"{path.name} ({display_name(config.get('algorithm'))}, {config.get('task')}, "
                     f"seed {config.get('seed')}, {config.get('steps')} steps)"
                 )
                 options.append((label, str(path)))
@@ -278,13 +358,13 @@ class RunLauncher(widgets.VBox):
     def update_compare(self) -> None:
         """Draw :func:`training_curves` of the selected runs into ``compare``."""
         if not self.runs.value:
-            _replace_figure(self.compare, go.Figure())
+            self.compare.show(go.Figure())
             return
         try:
-            fig = training_curves(list(self.runs.value), self.compare_metrics, title="Compare runs")
+            fig = training_curves(list(self.runs.value), self.compare_metrics, by="run", title="Compare runs")
         except ValueError as exc:  # the selected runs log none of the metrics yet
-            fig = go.Figure(layout={"title": str(exc)})
-        _replace_figure(self.compare, fig)
+            fig = styled(go.Figure(), title=str(exc))
+        self.compare.show(fig)
 
 
 def run_launcher(train_fn=None, runs_root="runs", **kwargs) -> RunLauncher:

@@ -1,0 +1,88 @@
+"""The shaping explorer moved through its controls in the browser: the rendered figure must follow.
+
+A widget updated in place can be right in Python and frozen in the page (plotly's FigureWidget
+lost every redraw once the number of rows changed). This check types new values into the
+sliders' readouts and clicks the toggle buttons, as a user does, and reads back what plotly drew
+in the page: the number of row labels and the cell values.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CELLS = [
+    "from workbench import viz\nfrom workbench.notebook import setup_plotly\n\nsetup_plotly()",
+    "explorer = viz.shaping_explorer()\nexplorer",
+]
+# what plotly drew: row labels of the first panel and the z values of every heatmap
+READ_FIGURE = """(cell) => {
+  const gd = cell.querySelector('.js-plotly-plot');
+  if (!gd || !gd.data) return null;
+  const ticks = gd.querySelector('.subplot.xy .yaxislayer-above');
+  return {rows: ticks ? ticks.querySelectorAll('.ytick').length : 0,
+          z: JSON.stringify(gd.data.filter(t => t.type === 'heatmap').map(t => t.z))};
+}"""
+
+
+def _write_notebook(home) -> str:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, home / "explorer_check.ipynb")
+    return "explorer_check.ipynb"
+
+
+def _set_slider(cell, description: str, value) -> None:
+    """Type ``value`` into the readout of the slider labelled ``description`` and press Enter."""
+    slider = cell.locator(".widget-slider").filter(has=cell.page.locator(f"label:text-is('{description}')"))
+    readout = slider.locator(".widget-readout")
+    readout.click()
+    readout.press("Control+A")
+    readout.type(str(value))
+    readout.press("Enter")
+
+
+def _figure_after(cell, before, timeout_ms: int = 15_000):
+    """Wait until the drawn figure differs from ``before``; return it (``before`` on timeout)."""
+    page = cell.page
+    deadline = timeout_ms
+    while deadline > 0:
+        now = cell.evaluate(READ_FIGURE)
+        if now is not None and now != before:
+            page.wait_for_timeout(300)
+            return cell.evaluate(READ_FIGURE)
+        page.wait_for_timeout(250)
+        deadline -= 250
+    return before
+
+
+def test_explorer_redraws_when_every_control_moves(open_notebook, lab):
+    nb = open_notebook(_write_notebook(lab[2]))
+    nb.run_all(timeout=120)
+    cell = nb.page.locator(".jp-CodeCell").nth(1)
+    cell.locator(".js-plotly-plot").wait_for(timeout=30_000)
+    first = cell.evaluate(READ_FIGURE)
+    assert first["rows"] == 8, first  # the default group size
+
+    steps = [
+        ("n", lambda: _set_slider(cell, "n", 5), {"rows": 5}),
+        ("T", lambda: _set_slider(cell, "T", 20), {"rows": 5}),
+        ("n again", lambda: _set_slider(cell, "n", 12), {"rows": 12}),
+        ("alpha2", lambda: _set_slider(cell, "alpha2", 0.5), {"rows": 12}),
+        ("normalize", lambda: cell.locator("button", has_text="per_polarity").click(), {"rows": 12}),
+    ]
+    seen = first
+    for name, move, expected in steps:
+        move()
+        now = _figure_after(cell, seen)
+        assert now != seen, f"the figure did not redraw after moving {name}"
+        assert now["rows"] == expected["rows"], f"after moving {name}: {now['rows']} row labels, expected {expected}"
+        assert json.loads(now["z"]) != json.loads(seen["z"]), f"cell values unchanged after moving {name}"
+        seen = now
+    nb.screenshot("explorer-after-moves", cell)
+    assert not nb.tracebacks() and not nb.warnings(), nb.tracebacks() + nb.warnings()
+    assert not nb.errors, nb.errors
