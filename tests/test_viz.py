@@ -320,15 +320,18 @@ def test_training_curves_band_over_seeds(tmp_path):
     c = write_run(tmp_path, "c", algorithm="grpo", metrics=_metrics([0.1, 0.1, 0.1]))
     fig = viz.training_curves([a, b, c], metrics=("accuracy", "kl_ref", "grad_norm"))
     panels = [ann.text for ann in fig.layout.annotations]
-    assert panels == ["accuracy", "grad_norm", "eval greedy_accuracy", "eval sampled_accuracy"]  # kl_ref absent
+    # kl_ref absent; names a reader understands
+    assert panels == ["training accuracy", "gradient norm", "held-out greedy accuracy", "held-out sampled accuracy"]
     mean = _traces(fig, metric="accuracy", group="gtpo", kind="mean")[0]
+    assert mean.name == "GTPO"
     np.testing.assert_allclose(mean.y, [0.1, 0.4, 0.6])
     assert _traces(fig, metric="accuracy", group="gtpo", kind="upper")[0].y.tolist() == [0.2, 0.6, 0.8]
     assert _traces(fig, metric="accuracy", group="gtpo", kind="lower")[0].y.tolist() == [0.0, 0.2, 0.4]
     assert not _traces(fig, group="grpo", kind="upper")  # one run: no band
     assert mean.line.color == viz.PALETTE["gtpo"]
     np.testing.assert_allclose(_traces(fig, metric="eval greedy_accuracy", group="gtpo", kind="mean")[0].y, [0.6])
-    assert sum(t.showlegend is not False for t in fig.data) == 2  # one legend entry per algorithm
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert legend == ["GRPO", "GTPO", "band: min–max over runs (up to 2)"]  # one entry per algorithm, and the band
 
     std = viz.aggregate_runs([a, b], "accuracy", band="std")["gtpo"]
     np.testing.assert_allclose(std["upper"] - std["mean"], np.std([[0.0, 0.2], [0.2, 0.6], [0.4, 0.8]], 1, ddof=1))
@@ -336,6 +339,49 @@ def test_training_curves_band_over_seeds(tmp_path):
     np.testing.assert_allclose(smooth["mean"], [0.0, 0.1, 0.3])
     by_run = viz.training_curves({"x": a, "y": b}, metrics=("accuracy",), evals=(), by="run")
     assert [t.name for t in by_run.data] == ["x", "y"]
+
+
+def test_training_curves_say_what_they_plot(tmp_path):
+    """Units on every y axis, whole-number steps, evaluations unsmoothed ending at the last evaluation."""
+    evals = [{"step": s, "greedy_accuracy": v} for s, v in ((0, 0.3), (2, 0.5), (4, 0.6), (6, 0.7), (8, 0.85))]
+    a = write_run(tmp_path, "a", metrics=_metrics([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]), evals=evals)
+    b = write_run(
+        tmp_path, "b", seed=1, metrics=_metrics([0.1] * 8), evals=[{**e, "greedy_accuracy": 0.5} for e in evals]
+    )
+    fig = viz.training_curves([a, b], metrics=("accuracy", "entropy"), evals=("greedy_accuracy",), smooth=3)
+    one = viz.training_curves(a, metrics=("accuracy",), evals=("greedy_accuracy",), smooth=3)
+    curve = _traces(one, metric="eval greedy_accuracy", kind="mean")[0]
+    assert list(curve.y) == [0.3, 0.5, 0.6, 0.7, 0.85] and curve.y[-1] == load_run(a).evals["greedy_accuracy"].iloc[-1]
+    assert "markers" in curve.mode
+    mean = _traces(fig, metric="eval greedy_accuracy", kind="mean")[0]
+    assert mean.y[-1] == pytest.approx((0.85 + 0.5) / 2)  # the mean of the seeds' last evaluations
+    smoothed = _traces(one, metric="accuracy", kind="mean")[0]
+    np.testing.assert_allclose(smoothed.y[:3], [0.1, 0.15, 0.2])  # training metrics: a trailing mean of 3 steps
+    assert "mean of 3 steps" in fig.layout.annotations[0].text
+    titles = [fig.layout[name].title.text for name in ("yaxis", "yaxis2", "yaxis3")]
+    assert titles == ["accuracy (% of responses)", "entropy (nats per token)", "accuracy (% of problems)"]
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"  # never a step 1.5
+    assert fig.layout.template.layout.font.size == viz.style.TEMPLATE.layout.font.size
+
+
+def test_training_curves_mark_steps_without_update_and_kept_groups(tmp_path):
+    rows = _metrics([0.2, 0.3, 0.4])
+    rows[1]["grad_norm"] = None  # an older run: nothing kept at step 2, no gradient logged
+    old = write_run(tmp_path, "old", metrics=rows)
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "dynamic_sampling": True}))
+    grpo = write_run(tmp_path, "grpo", algorithm="grpo", metrics=_metrics([0.1, 0.2, 0.3]))
+    fig = viz.training_curves([old, grpo], metrics=("accuracy", "grad_norm"), evals=())
+    assert fig.layout.annotations[0].text == "training accuracy<br><sup>kept groups only: GTPO</sup>"
+    marks = _traces(fig, kind="no_update")
+    assert [list(t.x) for t in marks] == [[2]] and marks[0].meta["group"] == "gtpo"
+    assert "markers" in _traces(fig, metric="grad_norm", group="gtpo", kind="mean")[0].mode  # lone points stay visible
+    new_rows = [{**r, "accuracy_kept": r["accuracy"], "updated": r["step"] != 3} for r in _metrics([0.2, 0.3, 0.4])]
+    new = write_run(tmp_path, "new", metrics=new_rows)
+    (new / "config.json").write_text(json.dumps({**config, "dynamic_sampling": True}))
+    fig = viz.training_curves([new, grpo], metrics=("accuracy", "grad_norm"), evals=())
+    assert fig.layout.annotations[0].text == "training accuracy"  # every sampled group: comparable with GRPO
+    assert [list(t.x) for t in _traces(fig, kind="no_update")] == [[3]]
 
 
 # ---------------------------------------------------------------------------- stability
@@ -388,26 +434,48 @@ def test_forking_tokens_are_the_top_entropies_sorted():
     assert isinstance(table.data[0], go.Table) and table.data[0].cells.values[2][0] == "a0⟦&lt;b&gt;⟧7"
 
 
-def test_entropy_distribution_and_position():
+def test_forking_tokens_context_is_the_tokens_own_response(tmp_path):
+    """Records of several runs share step and group numbers; each context must come from its own response."""
+    one, two = _record(5), _record(5, scale=3.0)
+    for response in two["responses"]:
+        response["tokens"] = [t.upper() + "!" for t in response["tokens"]]
+    merged = [one, two]  # as a notebook merges run.samples of several runs: no run key
+    top = viz.forking_tokens(merged, top=20, context=2)
+    for row in top.itertuples():
+        assert row.context.split("⟦")[1].split("⟧")[0] == row.token
+    runs = [write_run(tmp_path, "r1", samples=[one]), write_run(tmp_path, "r2", samples=[two])]
+    top = viz.forking_tokens(runs, top=3)
+    assert list(top["source"]) == ["r2", "r2", "r2"] and all(f"⟦{t}⟧" in c for t, c in zip(top.token, top.context))
+    table = viz.forking_tokens_table(top)
+    assert table.data[0].cells.values[3][0] == "r2 · step 5"
+
+
+def test_entropy_distribution_on_shared_bins_and_position_counts():
     records = [_record(1)]
-    dist = viz.entropy_distribution(records)
+    dist = viz.entropy_distribution(records, nbins=8)
     assert [t.meta["group"] for t in dist.data] == ["correct ✓", "wrong ✗"]
     assert sorted(dist.data[0].x) == [1.0, 1.0, 2.0, 3.0, 4.0]
-    pos = viz.entropy_by_position(records, by=None)
+    assert dist.data[0].xbins == dist.data[1].xbins and dist.data[0].xbins.size == pytest.approx(4.0 / 8)
+    assert dist.data[0].histnorm == "probability" and dist.layout.yaxis.title.text == "share of tokens"
+    assert viz.entropy_distribution(records, log_y=True).layout.yaxis.type == "log"
+    pos = viz.entropy_by_position(records, by=None, min_tokens=1)
     mean = _traces(pos, kind="mean")[0]
     np.testing.assert_allclose(mean.y, [np.mean([2, 3, 1, 3]), np.mean([4, 1, 4, 0.5]), np.mean([1, 0.5])])
+    assert list(_traces(pos, kind="tokens")[0].y) == [4, 4, 2]  # how many tokens each position holds
+    cut = viz.entropy_by_position(records, by=None, min_tokens=3)
+    assert list(_traces(cut, kind="mean")[0].x) == [0, 1]  # position 2 has only 2 tokens
     by_algorithm = viz.entropy_distribution(records, by="algorithm")
-    assert by_algorithm.data[0].marker.color == viz.PALETTE["gtpo"]
+    assert by_algorithm.data[0].marker.color == viz.PALETTE["gtpo"] and by_algorithm.data[0].meta["group"] == "GTPO"
 
 
 def test_entropy_shift_first_and_last_step(tmp_path):
     path = write_run(tmp_path, "r", samples=[_record(1), _record(5, scale=0.5)])
     fig = viz.entropy_shift_figure(path)
     hist = [t for t in fig.data if isinstance(t, go.Histogram)]
-    assert [t.name for t in hist] == ["step 1", "step 5"]
+    assert [t.meta["group"] for t in hist] == ["step 1", "step 5"] and hist[0].xbins == hist[1].xbins
     assert hist[1].meta["mean"] == pytest.approx(hist[0].meta["mean"] / 2)
     explicit = viz.entropy_shift_figure([_record(1)], [_record(2, scale=0.5)])
-    assert [t.name for t in explicit.data if isinstance(t, go.Histogram)] == ["early", "late"]
+    assert [t.meta["group"] for t in explicit.data if isinstance(t, go.Histogram)] == ["early", "late"]
 
 
 # ---------------------------------------------------------------------------- widgets

@@ -1,26 +1,67 @@
-"""Training curves: metrics against step, runs overlaid, seeds aggregated into a band."""
+"""Training curves: metrics against step, runs overlaid, seeds aggregated into a named band.
+
+Training metrics may be smoothed (a trailing mean over steps); held-out evaluations never are:
+they are few, so they are drawn as markers and lines, and the last point of an evaluation curve is
+the run's last evaluation (the mean of the runs' last evaluations for a group of seeds).
+
+What a training metric measures with dynamic sampling depends on when the run was made: runs that
+log ``<metric>_kept`` beside ``<metric>`` report ``<metric>`` over every sampled group (comparable
+with GRPO); older runs of an algorithm with dynamic sampling report it over the kept groups only.
+Panels say which (:func:`population_note`).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .sources import RunData, as_runs
-from .style import algorithm_color, rgba
+from .style import PALETTE, algorithm_color, display_name, rgba, styled
 
-__all__ = ["DEFAULT_METRICS", "DEFAULT_EVALS", "run_series", "aggregate_runs", "add_curve", "training_curves"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "DEFAULT_EVALS",
+    "METRIC_LABELS",
+    "run_series",
+    "aggregate_runs",
+    "add_curve",
+    "band_label",
+    "population_note",
+    "step_axis",
+    "training_curves",
+]
 
-DEFAULT_METRICS = ("accuracy", "reward", "entropy", "response_len_mean", "clip_frac", "approx_kl", "grad_norm")
+#: ``clip_frac`` and ``approx_kl`` are left out: with one update per batch (the default) the policy that
+#: sampled is the one updated, so the ratio is 1, nothing is clipped and the KL is 0. Ask for them
+#: with ``ppo_epochs > 1`` or several mini-batches.
+DEFAULT_METRICS = ("accuracy", "reward", "entropy", "response_len_mean", "grad_norm")
 DEFAULT_EVALS = ("greedy_accuracy", "sampled_accuracy")
 BANDS = ("minmax", "std", None)
+#: metric -> (panel title, y-axis title with unit, tick format)
+METRIC_LABELS = {
+    "accuracy": ("training accuracy", "accuracy (% of responses)", ".0%"),
+    "reward": ("training reward", "reward (mean per response)", None),
+    "entropy": ("training entropy", "entropy (nats per token)", None),
+    "response_len_mean": ("response length", "length (tokens)", None),
+    "grad_norm": ("gradient norm", "gradient norm (L2, before clipping)", None),
+    "loss": ("loss", "loss", None),
+    "clip_frac": ("clipped tokens", "clipped (% of tokens)", ".0%"),
+    "approx_kl": ("approx. KL(old ‖ new)", "KL (nats per token)", None),
+    "generated_tokens": ("generated tokens", "tokens per step", None),
+    "eval greedy_accuracy": ("held-out greedy accuracy", "accuracy (% of problems)", ".0%"),
+    "eval sampled_accuracy": ("held-out sampled accuracy", "accuracy (% of problems)", ".0%"),
+    "eval entropy": ("held-out entropy (sampled)", "entropy (nats per token)", None),
+}
+_KEPT_AFFECTED = ("accuracy", "reward", "entropy", "response_len_mean")
 
 
 def run_series(run: RunData, metric: str, *, evals: bool = False, smooth: int = 1) -> pd.Series | None:
-    """``metric`` of one run indexed by step (the last row of a repeated step wins), smoothed by a
-    trailing rolling mean of ``smooth`` rows; None when the run does not log it."""
+    """``metric`` of one run indexed by step (the last row of a repeated step wins), training metrics
+    smoothed by a trailing mean over ``smooth`` steps (evaluations never); None when the run does not log it."""
     table = run.evals if evals else run.metrics
     if metric not in table.columns or "step" not in table.columns:
         return None
@@ -28,7 +69,7 @@ def run_series(run: RunData, metric: str, *, evals: bool = False, smooth: int = 
     series = series[~series.index.duplicated(keep="last")].sort_index()
     if series.isna().all():
         return None
-    return series.rolling(smooth, min_periods=1).mean() if smooth > 1 else series
+    return series.rolling(smooth, min_periods=1).mean() if smooth > 1 and not evals else series
 
 
 def aggregate_runs(
@@ -61,6 +102,12 @@ def aggregate_runs(
     return out
 
 
+def band_label(band: str | None, runs: int) -> str:
+    """What the shaded band is, for the legend."""
+    what = {"minmax": "min–max", "std": "mean ± 1 std"}.get(band, "")
+    return f"band: {what} over runs (up to {runs})" if what else ""
+
+
 def add_curve(
     fig: go.Figure,
     table: pd.DataFrame,
@@ -72,23 +119,19 @@ def add_curve(
     meta: dict,
     showlegend: bool = True,
     band: bool = True,
+    markers: bool | None = None,
+    dash: str | None = None,
 ) -> None:
     """Add a mean line (``table["mean"]`` against its index) and, when ``band``, the shaded
-    ``lower``–``upper`` band behind it. Every trace's ``meta`` is ``meta`` plus its ``kind``."""
+    ``lower``–``upper`` band behind it. Every trace's ``meta`` is ``meta`` plus its ``kind``.
+    ``markers``: draw a marker at every point (default: when there are at most 60), so that a lone
+    point between gaps stays visible."""
     x = list(table.index)
+    markers = len(x) <= 60 if markers is None else markers
     if band:
+        common = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip", "legendgroup": name}
         fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=table["upper"],
-                mode="lines",
-                line={"width": 0},
-                showlegend=False,
-                hoverinfo="skip",
-                legendgroup=name,
-                name=f"{name} upper",
-                meta={**meta, "kind": "upper"},
-            ),
+            go.Scatter(x=x, y=table["upper"], name=f"{name} upper", meta={**meta, "kind": "upper"}, **common),
             row=row,
             col=col,
         )
@@ -96,15 +139,11 @@ def add_curve(
             go.Scatter(
                 x=x,
                 y=table["lower"],
-                mode="lines",
-                line={"width": 0},
-                showlegend=False,
+                name=f"{name} lower",
                 fill="tonexty",
                 fillcolor=rgba(color, 0.2),
-                hoverinfo="skip",
-                legendgroup=name,
-                name=f"{name} lower",
                 meta={**meta, "kind": "lower"},
+                **common,
             ),
             row=row,
             col=col,
@@ -113,16 +152,101 @@ def add_curve(
         go.Scatter(
             x=x,
             y=table["mean"],
-            mode="lines",
-            line={"color": color, "width": 2},
+            mode="lines+markers" if markers else "lines",
             name=name,
             legendgroup=name,
+            line={"color": color, "width": 2, "dash": dash},
+            marker={"size": 5},
             showlegend=showlegend,
             meta={**meta, "kind": "mean"},
         ),
         row=row,
         col=col,
     )
+
+
+def population_note(runs: list[RunData], metric: str) -> str:
+    """Which sampled groups ``metric`` covers, when runs differ: names of the runs' algorithms whose
+    values cover the kept groups only (older runs with dynamic sampling); ``""`` when all cover every group."""
+    if metric not in _KEPT_AFFECTED:
+        return ""
+    kept_only = sorted(
+        {
+            display_name(r.algorithm)
+            for r in runs
+            if r.config.get("dynamic_sampling")
+            and metric in r.metrics.columns
+            and f"{metric}_kept" not in r.metrics.columns
+        }
+    )
+    return f"kept groups only: {', '.join(kept_only)}" if kept_only else ""
+
+
+def step_axis(fig: go.Figure, last_step: float, **where) -> None:
+    """Whole-number step ticks (never 1.5) on the x axes of ``where`` (all by default)."""
+    dtick = max(1, math.ceil(max(last_step, 1) / 8))
+    for nice in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        if nice >= dtick:
+            dtick = nice
+            break
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=dtick, tickformat="d", **where)
+
+
+def _no_update_steps(run: RunData) -> list:
+    m = run.metrics
+    if "updated" in m.columns:
+        return list(m.loc[~m["updated"].astype(bool), "step"])
+    if "grad_norm" in m.columns and len(m):  # older runs: no gradient norm logged on such a step
+        return list(m.loc[pd.to_numeric(m["grad_norm"], errors="coerce").isna(), "step"])
+    return []
+
+
+def _mark_no_update(fig: go.Figure, runs: list[RunData], by: str, row: int, col: int) -> None:
+    """Crosses on the step axis (y = 0) at steps where a run made no update (no group kept)."""
+    shown = False
+    for key in dict.fromkeys(r.key(by) for r in runs):
+        steps = sorted({s for r in runs if r.key(by) == key for s in _no_update_steps(r)})
+        if steps:
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=[0.0] * len(steps),
+                    mode="markers",
+                    marker={"symbol": "x-thin-open", "size": 9, "color": algorithm_color(key), "line": {"width": 2}},
+                    name="✕ step without an update",
+                    legendgroup="no-update",
+                    showlegend=not shown,
+                    meta={"kind": "no_update", "group": key},
+                    hovertemplate=f"{display_name(key)}: no update at step %{{x}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+            shown = True
+
+
+def _order(key: str) -> tuple:
+    return (list(PALETTE).index(key) if key in PALETTE else len(PALETTE), key)
+
+
+def _panels(runs, metrics, evals, by, smooth, band) -> list[tuple[str, dict]]:
+    panels = []
+    for metric, is_eval in [(m, False) for m in metrics] + [(m, True) for m in evals]:
+        groups = aggregate_runs(runs, metric, by=by, evals=is_eval, smooth=smooth, band=band)
+        groups = {key: groups[key] for key in sorted(groups, key=_order)}
+        if groups:
+            panels.append((f"eval {metric}" if is_eval else metric, groups))
+    if not panels:
+        raise ValueError(f"none of the runs logs any of {tuple(metrics) + tuple(evals)}")
+    return panels
+
+
+def _panel_title(panel: str, runs: list[RunData], smooth: int) -> str:
+    title = METRIC_LABELS.get(panel, (panel,))[0]
+    if smooth > 1 and not panel.startswith("eval "):
+        title += f" (mean of {smooth} steps)"
+    note = population_note(runs, panel)
+    return f"{title}<br><sup>{note}</sup>" if note else title
 
 
 def training_curves(
@@ -136,53 +260,68 @@ def training_curves(
     cols: int = 3,
     title: str | None = None,
 ) -> go.Figure:
-    """Metrics against step, one subplot each, runs overlaid with one colour per group.
+    """Metrics against step, one subplot each (y axis with its unit), runs overlaid with one colour per group.
 
     ``runs``: a Run, run path, metrics DataFrame, a list of them or ``{label: run}``.
     ``by``: ``"algorithm"`` (default), ``"run"`` or any config key (``"seed"``, ``"task"``);
     runs of one group (e.g. the seeds of an algorithm) give a mean line and a ``band``
-    (``"minmax"``, ``"std"`` or None). ``evals`` adds panels of ``eval.jsonl`` columns.
-    ``smooth``: trailing rolling-mean window in rows. Metrics no run logs are left out.
-    Each trace's ``meta`` holds ``metric``, ``group`` and ``kind`` (mean, upper, lower).
+    (``"minmax"``, ``"std"`` or None), named in the legend. ``evals`` adds panels of
+    ``eval.jsonl`` columns, never smoothed. ``smooth``: trailing mean over that many steps, for
+    training metrics. Steps without an update are marked ✕ on the gradient-norm panel.
+    Each trace's ``meta`` holds ``metric``, ``group`` and ``kind`` (mean, upper, lower, no_update).
     """
     runs = as_runs(runs)
-    panels = []
-    for metric, is_eval in [(m, False) for m in metrics] + [(m, True) for m in evals]:
-        groups = aggregate_runs(runs, metric, by=by, evals=is_eval, smooth=smooth, band=band)
-        if groups:
-            panels.append((f"eval {metric}" if is_eval else metric, groups))
-    if not panels:
-        raise ValueError(f"none of the runs logs any of {tuple(metrics) + tuple(evals)}")
+    panels = _panels(runs, metrics, evals, by, smooth, band)
     cols = min(cols, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = make_subplots(
         rows=rows,
         cols=cols,
-        subplot_titles=[p[0] for p in panels],
-        vertical_spacing=0.3 / rows,
-        horizontal_spacing=0.06,
+        subplot_titles=[_panel_title(p, runs, smooth) for p, _ in panels],
+        vertical_spacing=0.42 / rows,
+        horizontal_spacing=0.09,
     )
-    in_legend = set()
+    in_legend, widest = set(), 1
     for k, (panel, groups) in enumerate(panels):
         row, col = k // cols + 1, k % cols + 1
         for key, table in groups.items():
+            widest = max(widest, int(table["runs"].max()))
             add_curve(
                 fig,
                 table,
-                name=key,
+                name=display_name(key),
                 color=algorithm_color(key),
                 row=row,
                 col=col,
                 meta={"metric": panel, "group": key},
                 showlegend=key not in in_legend,
                 band=band is not None and table["runs"].max() > 1,
+                markers=True if panel.startswith("eval ") else None,
             )
             in_legend.add(key)
-        if k + cols >= len(panels):
-            fig.update_xaxes(title_text="step", row=row, col=col)
-    fig.update_layout(
-        title=title or "Training curves", height=260 * rows + 80, hovermode="x unified", plot_bgcolor="white"
+        label = METRIC_LABELS.get(panel, (panel, panel, None))
+        fig.update_yaxes(title_text=label[1], tickformat=label[2], row=row, col=col)
+        fig.update_xaxes(title_text="step", row=row, col=col)
+        if panel == "grad_norm":
+            _mark_no_update(fig, runs, by, row, col)
+    if band is not None and widest > 1:  # a legend entry that says what the shading is
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"symbol": "square", "size": 12, "color": "rgba(120,120,120,0.3)"},
+                name=band_label(band, widest),
+                meta={"kind": "band_legend"},
+            )
+        )
+    last = max((float(np.nanmax(t.index)) for _, g in panels for t in g.values() if len(t)), default=1.0)
+    step_axis(fig, last)
+    height = 300 * rows + 140
+    legend = {"orientation": "h", "x": 0, "y": 1 + 42 / (height - 180), "yanchor": "bottom"}  # under the title
+    return styled(fig, title=title or "Training curves", height=height).update_layout(
+        hovermode="x unified",
+        legend=legend,
+        margin={"t": 120},
+        title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 14}},
     )
-    fig.update_xaxes(gridcolor="#eee")
-    fig.update_yaxes(gridcolor="#eee")
-    return fig
