@@ -153,3 +153,35 @@ def test_same_seed_same_metrics_bitwise(tmp_path):
     b = train({**BASE, "steps": 3, "output_dir": str(tmp_path / "b")}, progress=False).metrics
     cols = [c for c in a.columns if c not in TIME_COLUMNS]
     assert a[cols].equals(b[cols])
+
+
+def test_a_live_run_directory_refuses_a_second_run_resume_or_overwrite(tmp_path):
+    from workbench.runs import RunInUseError
+
+    config = {**BASE, "steps": 2, "output_dir": str(tmp_path / "run")}
+    first = Trainer(config, progress=False)  # holds the directory's lock from here on
+    for kwargs in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(RunInUseError, match="in use by another run"):
+            Trainer({**config, "seed": 1}, progress=False, **kwargs)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 0  # nothing of the second run
+    first.train()  # the lock is released when training ends
+    assert _steps(resume(tmp_path / "run", steps=3, progress=False)) == [1, 2, 3]
+    assert len(train({**config, "seed": 1}, overwrite=True, progress=False).metrics) == 2
+
+
+def test_overwrite_of_a_running_process_is_refused_and_the_run_finishes_intact(tmp_path):
+    """Another process runs in the directory: an overwrite is refused with a message, and the
+    running one finishes with its own rows only (no interleaved rows, no deleted files)."""
+    from workbench.runs import RunInUseError
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_run_cmd(out, 40), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be disturbed"
+    with pytest.raises(RunInUseError, match="in use by another run"):
+        train({**BASE, "steps": 3, "seed": 5, "output_dir": str(out)}, overwrite=True, progress=False)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    run = load_run(out)
+    assert _steps(run) == list(range(1, 41)) and run.config["seed"] == 0

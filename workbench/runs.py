@@ -10,8 +10,10 @@
       checkpoints/step_000050/   model (safetensors), tokenizer, optimizer/scheduler/RNG state
       checkpoints/latest   name of the newest complete checkpoint
 
-Every file write is atomic (temporary file, fsync, rename) or an fsync'ed append of whole
-lines, so a killed run leaves no half-written file behind.
+Every file write is atomic (a temporary file with a unique name, fsync, rename) or an fsync'ed
+append of whole lines, so a killed run leaves no half-written file behind. A live run holds an
+exclusive lock on its directory (``run_dir/.lock``, :func:`lock_run_dir`): a second run, a resume
+or an overwrite of the same directory is refused while it is held.
 """
 
 from __future__ import annotations
@@ -19,35 +21,95 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
-__all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl"]
+__all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl",
+           "holds_run", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
+
+LOCK_NAME = ".lock"  #: the run directory's lock file (kept when a run is overwritten)
+
+
+class RunInUseError(RuntimeError):
+    """Another live run holds the run directory's lock."""
+
+
+def lock_run_dir(path) -> FileLock:
+    """Take the exclusive lock of run directory ``path`` (created if missing) and return it, held;
+    raise :class:`RunInUseError` at once if another run holds it. The lock (``fcntl.flock`` through
+    ``filelock``) belongs to the open file: it is released by ``release()`` or when the process
+    ends, however it ends, so a killed run never leaves a stale lock behind."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path / LOCK_NAME, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInUseError(f"output_dir {str(path)!r} is in use by another run (it holds {LOCK_NAME}): wait for "
+                            "that run to finish or stop it, or choose another output_dir") from None
+    return lock
+
+
+def clear_run_dir(path) -> None:
+    """Remove everything in the run directory ``path`` except its lock (for ``overwrite``)."""
+    for p in Path(path).iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def remove_leftovers(path) -> None:
+    """Remove the temporary files and directories a killed run left in run directory ``path``
+    (call it while holding the directory's lock: then no live writer owns them)."""
+    path = Path(path)
+    for p in [*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp"), *path.glob("checkpoints/.*.tmpdir"),
+              *path.glob("checkpoints/.*.old")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def temporary_name(path: Path, suffix: str = ".tmp") -> Path:
+    """A unique hidden name beside ``path`` (two writers never share a temporary file)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a uniquely named temporary file and a rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def replace_dir(tmp: Path, path: Path) -> None:
     """Put the finished directory ``tmp`` in place of ``path`` by renames: at every moment one
-    complete version exists (the old one is set aside, then removed once the new one is in)."""
+    complete version exists (the old one is set aside under a unique name, then removed once the
+    new one is in)."""
     tmp, path = Path(tmp), Path(path)
-    old = path.with_name(f".{path.name}.old")
     if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
+        old = temporary_name(path, ".old")
         os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, row: dict) -> None:

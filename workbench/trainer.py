@@ -117,7 +117,16 @@ class Trainer:
         self.model, self.tokenizer = self._load_model()
         if c.gradient_checkpointing:
             _enable_activation_checkpointing(self.model)
+        self._lock = None
         self._prepare_run_dir(resume, overwrite)  # only once the task and the model loaded
+        try:
+            self._set_up(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, resume: bool) -> None:
+        c = self.config
         self.ref_model = None
         if c.resolved("beta_kl") > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -177,16 +186,40 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         d = self.run_dir
-        holds_run = runs.holds_run(d)
-        if holds_run and not resume:
+        if resume and not d.is_dir():
+            raise FileNotFoundError(f"nothing to resume in {str(d)!r}: it holds no run")
+        problem = None
+        if self.is_main:  # the main process holds the run directory's lock for the life of the run
+            try:
+                self._lock = runs.lock_run_dir(d)
+            except runs.RunInUseError as e:
+                problem = str(e)
+        if not self._main_decides(problem is None):
+            raise runs.RunInUseError(problem or f"output_dir {str(d)!r} is in use by another run")
+        try:
+            self._claim_run_dir(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (done when training ends; a later ``train()`` takes it again)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
+
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        d = self.run_dir
+        if resume and not runs.holds_run(d):
+            raise FileNotFoundError(f"nothing to resume in {str(d)!r}: it holds no run")
+        if runs.holds_run(d) and not resume:
             if not overwrite:
                 raise FileExistsError(f"output_dir {str(d)!r} already holds a run: resume it (resume=True), "
                                       "pass overwrite=True, or choose another output_dir")
             if self.is_main:
-                shutil.rmtree(d)
-        if resume and not holds_run:
-            raise FileNotFoundError(f"nothing to resume in {str(d)!r}: it holds no run")
+                runs.clear_run_dir(d)
         if self.is_main:  # one writer; the other processes wait for it
+            runs.remove_leftovers(d)
             (d / "checkpoints").mkdir(parents=True, exist_ok=True)
             runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()
@@ -556,8 +589,7 @@ class Trainer:
             return None
         root = self.run_dir / "checkpoints"
         name = f"step_{self.step:06d}"
-        final, tmp = root / name, root / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        final, tmp = root / name, runs.temporary_name(root / name, ".tmpdir")
         with quiet_hub_bars():
             self.unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
         self.tokenizer.save_pretrained(tmp)
@@ -699,6 +731,14 @@ class Trainer:
                 "response_len_max": int(longest.item()), "truncated_frac": truncated / count}
 
     def train(self) -> runs.Run:
+        if self.is_main and self._lock is None:  # trained before: the directory is locked again
+            self._lock = runs.lock_run_dir(self.run_dir)
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> runs.Run:
         c = self.config
         main = self.is_main  # with several processes, the main one writes and reports
         bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not (self.progress and main))
