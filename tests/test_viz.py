@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-import torch
 
 import workbench
 from workbench import viz
@@ -103,30 +102,7 @@ def test_run_directory_is_read_through_load_run(tmp_path):
     assert set(viz.token_table([path, path])["source"]) == {"r"}
 
 
-# ---------------------------------------------------------------------------- tokens
-
-
-def test_token_entropy_figure_colours_and_hovers_tokens():
-    record = _record(1)
-    fig = viz.token_entropy_figure(record, wrap=2)
-    heat = fig.data[0]
-    # response 0 (3 tokens) wraps onto two rows of 2 cells; the last cell is padding
-    assert heat.z.shape == (6, 2)
-    assert heat.z[0].tolist() == [2.0, 4.0] and heat.z[1][0] == 1.0 and np.isnan(heat.z[1][1])
-    assert heat.text[0] == ["a0", "&lt;b&gt;"]
-    assert "'a0'" in heat.hovertext[0][0] and "entropy: 2.000" in heat.hovertext[0][0]
-    assert "log-prob: -1.000" in heat.hovertext[0][0] and "reward: 1 ✓" in heat.hovertext[0][0]
-    assert fig.layout.yaxis.ticktext[:2] == ("#0 ✓ r=1", "")
-
-
-def test_group_heatmap_labels_rows_and_blanks_padding():
-    fig = viz.group_heatmap(_record(1))
-    heat = fig.data[0]
-    assert list(heat.y) == ["#0 ✓ r=1", "#1 ✓ r=1", "#2 ✗ r=0", "#3 ✗ r=0"]
-    ex = spec_example()
-    np.testing.assert_array_equal(np.nan_to_num(heat.z, nan=-1), torch.where(ex["mask"], ex["entropies"], -1).numpy())
-    assert np.isnan(heat.z[1][2]) and heat.hovertext[1][2] == ""
-    assert "'7'" in heat.hovertext[0][2]
+# ---------------------------------------------------------------------------- token highlight
 
 
 def _spans(html_text, value):
@@ -339,6 +315,9 @@ def test_training_curves_band_over_seeds(tmp_path):
     np.testing.assert_allclose(smooth["mean"], [0.0, 0.1, 0.3])
     by_run = viz.training_curves({"x": a, "y": b}, metrics=("accuracy",), evals=(), by="run")
     assert [t.name for t in by_run.data] == ["x", "y"]
+    groups = viz.training_curves({"joint": [a, b], "per polarity": [c]}, metrics=("accuracy",), evals=())
+    assert [t.name for t in groups.data if t.meta.get("kind") == "mean"] == ["joint", "per polarity"]
+    np.testing.assert_allclose(_traces(groups, group="joint", kind="mean")[0].y, [0.1, 0.4, 0.6])
 
 
 def test_training_curves_say_what_they_plot(tmp_path):
@@ -406,15 +385,20 @@ def test_stability_final_accuracy_per_length(tmp_path):
                 )
     table = viz.stability_table(runs)
     assert set(table["metric"]) == {"eval greedy_accuracy"} and len(table) == 8
+    assert set(table["initial"]) == {0.0}
     fig = viz.stability_figure(runs)
-    final = {t.name: t for t in _traces(fig, kind="final")}
-    assert list(final["gtpo"].x) == [4, 16]
+    final = {t.meta["group"]: t for t in _traces(fig, kind="final")}
+    assert list(final["gtpo"].x) == ["4", "16"] and fig.layout.xaxis5.type == "category"  # lengths as categories
     np.testing.assert_allclose(final["gtpo"].y, [0.8, 0.4])
-    np.testing.assert_allclose(final["gtpo"].error_y.array, [np.std([0.9, 0.7], ddof=1), np.std([0.5, 0.3], ddof=1)])
     np.testing.assert_allclose(final["grpo_s"].y, [0.8, 0.6])
+    seeds = {t.meta["group"]: t for t in _traces(fig, kind="seed")}  # one dot per seed
+    assert list(seeds["gtpo"].x) == ["4", "4", "16", "16"] and list(seeds["gtpo"].y) == [0.9, 0.7, 0.5, 0.3]
+    assert list(seeds["gtpo"].customdata) == [0, 1, 0, 1]
+    assert list(_traces(fig, kind="start")[0].y) == [0.0, 0.0]
     entropy16 = _traces(fig, metric="entropy", length=16, group="gtpo", kind="mean")[0]
     np.testing.assert_allclose(entropy16.y, [1.0, 1 - 0.4 / 2])
     assert len(_traces(fig, metric="grad_norm", kind="mean")) == 4
+    assert fig.layout.yaxis.title.text == "entropy (nats per token)"
     with pytest.raises(ValueError, match="task_params"):
         viz.stability_table([write_run(tmp_path, "nolen", task_params={"digits": 3}, metrics=_metrics([0.1]))])
 

@@ -1,15 +1,14 @@
 """Figures and widgets of the workbench (plotly): every figure function returns a
-``plotly.graph_objects.Figure`` and reads run directories, samples or DataFrames, never
-the trainer.
+``plotly.graph_objects.Figure`` (token-level text: a :class:`TokenHighlight` that renders as HTML)
+and reads run directories, samples or DataFrames, never the trainer.
 
 - :mod:`.highlight`: a group's responses as text, tokens coloured by entropy, advantage or log-prob;
-- :mod:`.tokens`: token hover texts and row labels of the heatmaps;
 - :mod:`.redistribution`: per-token advantages of one group under each algorithm;
 - :mod:`.curves`: training curves, seeds aggregated into bands;
 - :mod:`.stability`: the chain task at growing lengths;
 - :mod:`.analysis`: entropy distributions, by position, forking tokens, entropy shift;
 - :mod:`.widgets`: the shaping explorer and the run launcher;
-- :mod:`.sources`: the inputs (runs, groups, the per-token table); :mod:`.style`: colours.
+- :mod:`.sources`: the inputs (runs, groups, the per-token table); :mod:`.style`: colours, names, the template.
 """
 
 from .analysis import (
@@ -25,8 +24,7 @@ from .highlight import TokenHighlight, token_highlight
 from .redistribution import algorithm_advantages, redistribution_figure, redistribution_from_sample, synthetic_group
 from .sources import Group, RunData, as_group, as_runs, pick_record, run_samples, token_table
 from .stability import stability_figure, stability_table
-from .style import PALETTE, algorithm_color
-from .tokens import group_heatmap, token_entropy_figure
+from .style import PALETTE, algorithm_color, display_name
 from .widgets import RunLauncher, ShapingExplorer, run_launcher, shaping_explorer
 
 __all__ = [
@@ -38,6 +36,7 @@ __all__ = [
     "aggregate_runs",
     "algorithm_advantages",
     "algorithm_color",
+    "display_name",
     "as_group",
     "as_runs",
     "entropy_by_position",
@@ -45,7 +44,6 @@ __all__ = [
     "entropy_shift_figure",
     "forking_tokens",
     "forking_tokens_table",
-    "group_heatmap",
     "redistribution_figure",
     "redistribution_from_sample",
     "run_launcher",
@@ -54,7 +52,6 @@ __all__ = [
     "stability_figure",
     "stability_table",
     "synthetic_group",
-    "token_entropy_figure",
     "token_table",
     "token_highlight",
     "TokenHighlight",

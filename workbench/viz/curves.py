@@ -253,7 +253,7 @@ def training_curves(
     runs,
     metrics=DEFAULT_METRICS,
     *,
-    by: str = "algorithm",
+    by: str | None = None,
     evals=DEFAULT_EVALS,
     smooth: int = 1,
     band: str | None = "minmax",
@@ -262,8 +262,10 @@ def training_curves(
 ) -> go.Figure:
     """Metrics against step, one subplot each (y axis with its unit), runs overlaid with one colour per group.
 
-    ``runs``: a Run, run path, metrics DataFrame, a list of them or ``{label: run}``.
-    ``by``: ``"algorithm"`` (default), ``"run"`` or any config key (``"seed"``, ``"task"``);
+    ``runs``: a Run, run path, metrics DataFrame, a list of them, ``{label: run}`` or ``{label: [runs]}``
+    (named groups, e.g. the seeds of each ablation variant).
+    ``by``: ``"algorithm"`` (the default), ``"group"`` (the default for named groups), ``"run"`` or
+    any config key (``"seed"``, ``"task"``);
     runs of one group (e.g. the seeds of an algorithm) give a mean line and a ``band``
     (``"minmax"``, ``"std"`` or None), named in the legend. ``evals`` adds panels of
     ``eval.jsonl`` columns, never smoothed. ``smooth``: trailing mean over that many steps, for
@@ -271,6 +273,7 @@ def training_curves(
     Each trace's ``meta`` holds ``metric``, ``group`` and ``kind`` (mean, upper, lower, no_update).
     """
     runs = as_runs(runs)
+    by = by or ("group" if any(r.group for r in runs) else "algorithm")
     panels = _panels(runs, metrics, evals, by, smooth, band)
     cols = min(cols, len(panels))
     rows = math.ceil(len(panels) / cols)

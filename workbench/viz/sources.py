@@ -68,12 +68,17 @@ class RunData:
     def algorithm(self) -> str:
         return str(self.config.get("algorithm", self.label))
 
+    group: str = ""  # the label of its group, when given as ``{label: [runs]}``
+
     def key(self, by: str) -> str:
-        """The overlay group of this run: ``"run"`` (its label), ``"algorithm"``, or ``"<config key>=value"``."""
+        """The overlay group of this run: ``"run"`` (its label), ``"algorithm"``, ``"group"`` (the label it
+        was given under in ``{label: [runs]}``), or ``"<config key>=value"``."""
         if by == "run":
             return self.label
         if by == "algorithm":
             return self.algorithm
+        if by == "group":
+            return self.group or self.label
         return f"{by}={self.config.get(by)}"
 
 
@@ -98,9 +103,18 @@ def _one_run(run, label: str | None) -> RunData:
 
 
 def as_runs(runs) -> list[RunData]:
-    """Normalise ``runs`` (one run, a list of runs, or ``{label: run}``) to a list of :class:`RunData`."""
+    """Normalise ``runs`` (one run, a list of runs, ``{label: run}`` or ``{label: [runs]}``) to a list of
+    :class:`RunData`; with ``{label: [runs]}`` each run's ``group`` is its label (overlay with ``by="group"``)."""
     if isinstance(runs, dict):
-        return [_one_run(run, str(label)) for label, run in runs.items()]
+        out = []
+        for label, value in runs.items():
+            if isinstance(value, (list, tuple)):  # a named group of runs (seeds of one variant)
+                for run in value:
+                    data = _one_run(run, None)
+                    out.append(RunData(f"{label}/{data.label}", data.config, data.metrics, data.evals, str(label)))
+            else:
+                out.append(_one_run(value, str(label)))
+        return out
     if isinstance(runs, (list, tuple)):
         return [_one_run(run, f"run{i}" if isinstance(run, pd.DataFrame) else None) for i, run in enumerate(runs)]
     return [_one_run(runs, None)]

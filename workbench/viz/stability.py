@@ -2,7 +2,7 @@
 
 The paper claims GRPO-S is the more stable of its two algorithms in long chains of
 thought; this figure shows entropy and gradient-norm trajectories per chain length
-(``config["task_params"]["steps"]``) and final accuracy against length.
+(``config["task_params"]["steps"]``) and final accuracy against length, seed by seed.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .curves import add_curve, aggregate_runs, run_series
+from .curves import METRIC_LABELS, _order, add_curve, aggregate_runs, population_note, run_series, step_axis
 from .sources import RunData, as_runs
-from .style import algorithm_color
+from .style import algorithm_color, display_name, styled
 
 __all__ = ["stability_table", "stability_figure"]
 
@@ -36,30 +36,86 @@ def _final_metric(runs: list[RunData], final: str) -> tuple[str, bool]:
 
 
 def stability_table(runs, *, final: str = "auto", window: int = 1, length_key: str = "steps") -> pd.DataFrame:
-    """One row per run: ``run``, ``algorithm``, ``seed``, ``length`` and ``final``.
+    """One row per run: ``run``, ``algorithm``, ``seed``, ``length``, ``initial`` and ``final``.
 
-    ``final`` is the mean of the last ``window`` logged values of a metric: ``"auto"`` takes
-    the eval ``greedy_accuracy`` when every run has one, else the training ``accuracy``;
-    a name is looked up in ``eval.jsonl`` (when every run has it) or ``metrics.jsonl``.
-    The table's ``metric`` column says which was used.
+    ``final`` is the mean of the last ``window`` logged values of a metric (``initial`` its first
+    value: the warm start's, for an evaluation at step 0): ``"auto"`` takes the eval
+    ``greedy_accuracy`` when every run has one, else the training ``accuracy``; a name is looked up
+    in ``eval.jsonl`` (when every run has it) or ``metrics.jsonl``. The ``metric`` column says which.
     """
     runs = as_runs(runs)
     metric, from_evals = _final_metric(runs, final)
     rows = []
     for run in runs:
         series = run_series(run, metric, evals=from_evals)
-        value = float(series.dropna().iloc[-window:].mean()) if series is not None else np.nan
+        values = series.dropna() if series is not None else pd.Series(dtype=float)
         rows.append(
             {
                 "run": run.label,
                 "algorithm": run.algorithm,
                 "seed": run.config.get("seed"),
                 "length": _length(run, length_key),
-                "final": value,
+                "initial": float(values.iloc[0]) if len(values) else np.nan,
+                "final": float(values.iloc[-window:].mean()) if len(values) else np.nan,
                 "metric": f"eval {metric}" if from_evals else metric,
             }
         )
     return pd.DataFrame(rows)
+
+
+def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) -> None:
+    """Final accuracy per chain length on a categorical axis: one dot per seed, a dash for the mean,
+    a grey diamond for the start (the warm start's evaluation at step 0)."""
+    starts = table.groupby("length")["initial"].mean()
+    fig.add_trace(
+        go.Scatter(
+            x=[str(k) for k in starts.index],
+            y=starts,
+            mode="markers",
+            name="start (step 0)",
+            marker={"symbol": "diamond-open", "size": 11, "color": "#555", "line": {"width": 2}},
+            offsetgroup="start",
+            meta={"kind": "start"},
+            hovertemplate="chain of %{x}: start %{y:.1%}<extra></extra>",
+        ),
+        row=row,
+        col=1,
+    )
+    for algorithm, points in sorted(table.groupby("algorithm"), key=lambda kv: _order(kv[0])):
+        color, name = algorithm_color(algorithm), display_name(algorithm)
+        common = {"legendgroup": algorithm, "offsetgroup": algorithm, "marker": {"color": color}}
+        fig.add_trace(
+            go.Scatter(
+                x=[str(k) for k in points["length"]],
+                y=points["final"],
+                mode="markers",
+                name=name,
+                showlegend=algorithm not in in_legend,
+                customdata=points["seed"],
+                **common,
+                meta={"kind": "seed", "group": algorithm},
+                marker_size=8,
+                hovertemplate=f"{name}, seed %{{customdata}}: %{{y:.1%}}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        means = points.groupby("length")["final"].mean()
+        fig.add_trace(
+            go.Scatter(
+                x=[str(k) for k in means.index],
+                y=means,
+                mode="markers",
+                name=f"{name} mean",
+                showlegend=False,
+                **{**common, "marker": {"color": color, "symbol": "line-ew-open", "size": 22, "line": {"width": 3}}},
+                meta={"kind": "final", "group": algorithm},
+                hovertemplate=f"{name} mean: %{{y:.1%}}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        in_legend.add(algorithm)
 
 
 def stability_figure(
@@ -74,57 +130,53 @@ def stability_figure(
 ) -> go.Figure:
     """Trajectories of ``metrics`` (rows) per chain length (columns), one colour per algorithm
     (mean and min–max band over seeds), and a bottom panel of final accuracy against chain
-    length (mean over seeds, error bars: sample std). See :func:`stability_table` for ``final``."""
+    length: a categorical axis (lengths are not evenly spaced), one dot per seed, a dash for the
+    mean over seeds and a diamond for the start. See :func:`stability_table` for ``final``."""
     runs = as_runs(runs)
     table = stability_table(runs, final=final, window=window, length_key=length_key)
     lengths = sorted(table["length"].unique())
     rows, cols = len(metrics) + 1, len(lengths)
-    titles = [f"{metric} — length {length}" for metric in metrics for length in lengths]
-    titles.append(f"final {table['metric'].iloc[0]} vs chain length")
+    titles = [f"{METRIC_LABELS.get(m, (m,))[0]}: chain of {k}" for m in metrics for k in lengths]
+    metric = table["metric"].iloc[0]
+    titles.append(f"final {METRIC_LABELS.get(metric, (metric,))[0]} by chain length (dots: seeds, dash: mean)")
     specs = [[{}] * cols for _ in metrics] + [[{"colspan": cols}] + [None] * (cols - 1)]
     fig = make_subplots(
-        rows=rows, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3 / rows, horizontal_spacing=0.05
+        rows=rows, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3 / rows, horizontal_spacing=0.06
     )
-    in_legend = set()
+    in_legend: set = set()
     for col, length in enumerate(lengths, start=1):
         subset = [run for run in runs if _length(run, length_key) == length]
-        for row, metric in enumerate(metrics, start=1):
-            for algorithm, curve in aggregate_runs(subset, metric, smooth=smooth).items():
+        for row, name in enumerate(metrics, start=1):
+            for algorithm, curve in sorted(
+                aggregate_runs(subset, name, smooth=smooth).items(), key=lambda kv: _order(kv[0])
+            ):
                 add_curve(
                     fig,
                     curve,
-                    name=algorithm,
+                    name=display_name(algorithm),
                     color=algorithm_color(algorithm),
                     row=row,
                     col=col,
-                    meta={"metric": metric, "length": int(length), "group": algorithm},
+                    meta={"metric": name, "length": int(length), "group": algorithm},
                     showlegend=algorithm not in in_legend,
                     band=curve["runs"].max() > 1,
                 )
                 in_legend.add(algorithm)
-    for algorithm, points in table.groupby("algorithm", sort=False):
-        stats = points.groupby("length")["final"].agg(["mean", "std", "count"])
-        fig.add_trace(
-            go.Scatter(
-                x=list(stats.index),
-                y=stats["mean"],
-                error_y={"type": "data", "array": stats["std"].fillna(0.0)},
-                mode="lines+markers",
-                line={"color": algorithm_color(algorithm)},
-                name=algorithm,
-                legendgroup=algorithm,
-                showlegend=algorithm not in in_legend,
-                meta={"kind": "final", "group": algorithm},
-                customdata=stats["count"],
-                hovertemplate="length %{x}: %{y:.3f} (%{customdata} runs)",
-            ),
-            row=rows,
-            col=1,
-        )
-        in_legend.add(algorithm)
-    fig.update_xaxes(title_text="chain length", tickvals=lengths, row=rows, col=1)
-    fig.update_yaxes(title_text=table["metric"].iloc[0], row=rows, col=1)
-    fig.update_layout(title=title or "Stability across chain lengths", height=240 * rows + 80, plot_bgcolor="white")
-    fig.update_xaxes(gridcolor="#eee")
-    fig.update_yaxes(gridcolor="#eee")
-    return fig
+            if col == 1:
+                fig.update_yaxes(title_text=METRIC_LABELS.get(name, (name, name))[1], row=row, col=col)
+            step_axis(
+                fig,
+                max(float(c.index.max()) for c in aggregate_runs(subset, name).values()) if subset else 1,
+                row=row,
+                col=col,
+            )
+    _final_panel(fig, table, rows, in_legend)
+    label = METRIC_LABELS.get(metric, (metric, metric, None))
+    fig.update_xaxes(title_text="chain length (operations)", type="category", row=rows, col=1)
+    fig.update_yaxes(title_text=label[1], tickformat=label[2], row=rows, col=1)
+    fig.update_layout(scattermode="group")
+    notes = [
+        f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)
+    ]
+    title = (title or "Stability across chain lengths") + "".join(f"<br><sup>{n}</sup>" for n in notes)
+    return styled(fig, title=title, height=250 * rows + 120 + 20 * len(notes))
