@@ -1,0 +1,202 @@
+"""Arithmetic asked in words and answered in free text: a task for a real instruct model.
+
+``What is 7 plus 5? Give the answer as a number.`` → any reply whose final answer is 12. The
+answer is read the way a person reads a reply, in this order: the last ``\\boxed{...}``; else
+the last "the answer is ..." (also "answer: ...", "answer = ..."); else the last number in the
+reply (``7 + 5 = 12.``). Numbers may carry thousands separators or a zero fraction (``1,234``,
+``12.0``). Number words (``seven``, ``twenty-one``) count after "the answer is", and as the
+final number only in a reply without any digits (``Three plus four is seven.``), since words
+such as "one" also appear in ordinary text. Prompts are plain questions; the trainer wraps them
+in the model's chat template. Every reward is a few regular-expression scans of a bounded text:
+linear time.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+
+from .base import Example, Task, check_int, in_eval_split, register_task
+
+#: Question templates per operation; ``{a}`` and ``{b}`` are the operands.
+TEMPLATES = {
+    "+": ("What is {a} plus {b}?", "What is the sum of {a} and {b}?", "Add {a} and {b}."),
+    "-": ("What is {a} minus {b}?", "Subtract {b} from {a}.", "What is {b} less than {a}?"),
+    "*": ("What is {a} times {b}?", "What is the product of {a} and {b}?", "Multiply {a} by {b}."),
+}
+SYMBOLS = {"+": "+", "-": "-", "*": "×"}
+#: Appended to every question by default: it keeps replies short enough to finish within 64 tokens.
+INSTRUCTION = "Give the answer as a number."
+
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+WORD_VALUES = {w: i for i, w in enumerate(_UNITS)} | {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+
+
+def number_words(n: int) -> str:
+    """``n`` in [0, 999] written in English words (``21`` → ``twenty-one``)."""
+    if not 0 <= n < 1000:
+        raise ValueError(f"number_words covers 0..999, got {n}")
+    if n >= 100:
+        rest = n % 100
+        return f"{_UNITS[n // 100]} hundred" + (f" and {number_words(rest)}" if rest else "")
+    if n < 20:
+        return _UNITS[n]
+    return _TENS[n // 10 - 2] + (f"-{_UNITS[n % 10]}" if n % 10 else "")
+
+
+_DIGITS = r"[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_UNIT = "|".join(sorted(_UNITS, key=len, reverse=True))  # longest first: "seventeen" before "seven"
+_BELOW_100 = rf"(?:(?:{'|'.join(_TENS)})(?:[-\s](?:{'|'.join(_UNITS[1:10])}))?|{_UNIT})"
+_WORDS = rf"(?:(?:{'|'.join(_UNITS[1:10])})\s+hundred(?:\s+(?:and\s+)?{_BELOW_100})?|{_BELOW_100})"
+_NUMBER_RE = re.compile(rf"(?<![\w.]){_DIGITS}(?!\d)")
+_WORD_RE = re.compile(rf"\b{_WORDS}\b", re.IGNORECASE)
+_BOXED_RE = re.compile(r"\\boxed\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
+_ANSWER_RE = re.compile(
+    rf"\banswer\s*(?:is|was|would be|will be|:|=)\s*[:=]?[\s*$\\(]*({_DIGITS}(?!\d)|{_WORDS}\b)", re.IGNORECASE
+)
+#: Replies are bounded by max_new_tokens; a longer text is read from its last characters only.
+MAX_CHARS = 20_000
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The value of one number written in digits (``-1,234.50``) or words (``twenty-one``)."""
+    text = text.strip().replace("−", "-").replace(",", "")
+    if not text:
+        return None
+    try:
+        return Fraction(text)
+    except ValueError:
+        pass
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words or any(w not in WORD_VALUES and w not in ("hundred", "and") for w in words):
+        return None
+    total = 0
+    for w in words:
+        if w == "hundred":
+            total = (total or 1) * 100
+        elif w != "and":
+            total += WORD_VALUES[w]
+    return Fraction(total)
+
+
+def _last_number(text: str, *, words: bool) -> Fraction | None:
+    found = [m.group(0) for m in _NUMBER_RE.finditer(text)]
+    if not found and words:
+        found = [m.group(0) for m in _WORD_RE.finditer(text)]
+    for candidate in reversed(found):
+        value = parse_number(candidate)
+        if value is not None:
+            return value
+    return None
+
+
+def extract_final_answer(completion: str) -> Fraction | None:
+    """The final answer of a free-text reply (``\\boxed{}``, then "the answer is", then the last
+    number), or ``None`` when the reply states no number."""
+    text = completion[-MAX_CHARS:]
+    boxed = _BOXED_RE.findall(text)
+    if boxed:
+        return _last_number(boxed[-1], words=True)
+    stated = [m.group(1) for m in _ANSWER_RE.finditer(text)]
+    for candidate in reversed(stated):
+        value = parse_number(candidate)
+        if value is not None:
+            return value
+    return _last_number(text, words=True)
+
+
+def _format(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else str(float(value))
+
+
+@register_task
+class WordArithmetic(Task):
+    """Questions such as "What is 7 plus 5?" over ``ops`` with operands in [``min_operand``,
+    ``max_operand``] (subtraction never goes below zero), in three phrasings per operation,
+    followed by ``instruction``; ``operand_words=True`` writes the operands as words ("seven
+    plus five"). The defaults (single digits, ``+-*``) put SmolLM2-135M-Instruct's accuracy
+    sampled at temperature 1 in the range where RL has signal (measured in
+    ``data/results/smollm2/difficulty.json``). Problems are held
+    out by a hash of the question (``eval_fraction``), so the splits are disjoint and the same
+    for every seed; both are enumerated, so :meth:`split_size` is exact."""
+
+    name = "word_arithmetic"
+    #: Tokens that fit the worked solution of every problem with room to spare ("7 × 5 = 35. The answer is 35.").
+    max_response_tokens = 48
+
+    def __init__(
+        self,
+        ops: str = "+-*",
+        min_operand: int = 1,
+        max_operand: int = 9,
+        operand_words: bool = False,
+        instruction: str = INSTRUCTION,
+        eval_fraction: float = 0.25,
+    ):
+        if not isinstance(ops, str) or not ops or set(ops) - set(TEMPLATES) or len(set(ops)) != len(ops):
+            raise ValueError(f"ops must be a non-empty string of distinct operations from '+-*', got {ops!r}")
+        check_int("min_operand", min_operand, 0, 999)
+        check_int("max_operand", max_operand, min_operand, 999)
+        if not isinstance(operand_words, bool):
+            raise TypeError(f"operand_words must be a bool, got {operand_words!r}")
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+        self.instruction = instruction.strip()
+        self.ops, self.min_operand, self.max_operand = ops, min_operand, max_operand
+        self.operand_words, self.eval_fraction = operand_words, eval_fraction
+        self.splits: dict[str, list[Example]] = {"train": [], "eval": []}
+        for example in self._problems():
+            self.splits["eval" if in_eval_split(example.prompt, eval_fraction) else "train"].append(example)
+
+    def _problems(self):
+        span = range(self.min_operand, self.max_operand + 1)
+        show = number_words if self.operand_words else str
+        for op in self.ops:
+            for a in span:
+                for b in span:
+                    if op == "-" and b > a:
+                        continue
+                    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+                    for template in TEMPLATES[op]:
+                        prompt = " ".join(filter(None, (template.format(a=show(a), b=show(b)), self.instruction)))
+                        solution = f"{a} {SYMBOLS[op]} {b} = {value}. The answer is {value}."
+                        yield Example(prompt, str(value), solution, {"op": op, "a": a, "b": b})
+
+    def split_size(self, split: str) -> int:
+        """How many distinct problems the split holds."""
+        self._check_split(split, 1)
+        return len(self.splits[split])
+
+    def generate(self, split: str, n: int, seed: int) -> list[Example]:
+        """``n`` problems of the split in an order shuffled by ``seed``; distinct while ``n`` is at
+        most :meth:`split_size`, then the split again in a new order."""
+        self._check_split(split, n)
+        pool = self.splits[split]
+        if not pool:
+            raise ValueError(
+                f"no problem in the {split} split of word_arithmetic (ops={self.ops!r}, operands "
+                f"{self.min_operand}..{self.max_operand}, eval_fraction={self.eval_fraction}): widen "
+                "the operand range (max_operand) or change eval_fraction"
+            )
+        rng = random.Random(f"word_arithmetic-{split}-{seed}")
+        out: list[Example] = []
+        while len(out) < n:
+            order = pool[:]
+            rng.shuffle(order)
+            out.extend(order[: n - len(out)])
+        return out
+
+    def extract_answer(self, completion: str) -> str | None:
+        value = extract_final_answer(completion)
+        return None if value is None else _format(value)
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        value = extract_final_answer(completion)
+        return value is not None and value == Fraction(example.answer)
