@@ -185,3 +185,30 @@ def test_overwrite_of_a_running_process_is_refused_and_the_run_finishes_intact(t
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
     run = load_run(out)
     assert _steps(run) == list(range(1, 41)) and run.config["seed"] == 0
+
+
+@pytest.mark.parametrize("pointer", ["../../other/checkpoints/step_000002", "ABSOLUTE", "step_000002/../../x"])
+def test_resume_confines_latest_to_the_runs_own_checkpoints(tmp_path, pointer):
+    """A ``checkpoints/latest`` naming something outside the run's checkpoints/ is not followed."""
+    run = train({**BASE, "steps": 4, "output_dir": str(tmp_path / "run")}, progress=False)
+    other = train({**BASE, "steps": 2, "seed": 3, "output_dir": str(tmp_path / "other")}, progress=False)
+    if pointer == "ABSOLUTE":
+        pointer = str(other.path / "checkpoints" / "step_000002")
+    (run.path / "checkpoints" / "latest").write_text(pointer)
+    with pytest.warns(UserWarning, match="not one of this run's checkpoints.*using step_000004"):
+        t = Trainer({**BASE, "steps": 4, "output_dir": str(run.path)}, resume=True, progress=False)
+    assert t.step == 4 and _steps(load_run(run.path)) == [1, 2, 3, 4]  # nothing truncated
+    t.close()
+
+
+def test_resume_warns_when_history_is_shorter_than_the_checkpoint(tmp_path):
+    run = train({**BASE, "steps": 3, "eval_every": 1, "output_dir": str(tmp_path / "run")}, progress=False)
+    metrics = run.path / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # rows 2 and 3 lost
+    (run.path / "eval.jsonl").unlink()
+    config = {**BASE, "steps": 3, "eval_every": 1, "output_dir": str(run.path)}
+    with pytest.warns(UserWarning) as record:
+        Trainer(config, resume=True, progress=False).close()
+    messages = " | ".join(str(w.message) for w in record)
+    assert "metrics.jsonl has rows up to step 1, but the checkpoint is at step 3" in messages
+    assert "eval.jsonl is missing" in messages

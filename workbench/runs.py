@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,18 +181,27 @@ class Run:
         return self.path.name
 
     def checkpoints(self) -> list[Path]:
+        """This run's checkpoint directories, ``checkpoints/step_000002`` and so on, oldest first."""
         root = self.path / "checkpoints"
         if not root.exists():
             return []
-        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.startswith("step_"))
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.path / "checkpoints" / "latest"
-        if pointer.exists():
-            candidate = self.path / "checkpoints" / pointer.read_text().strip()
-            if candidate.is_dir():
-                return candidate
+        """The checkpoint ``checkpoints/latest`` names, if it is one of this run's own
+        (``checkpoints/step_*``); else, with a warning when the pointer names something else, the
+        newest of them. ``None`` when there is none."""
         ckpts = self.checkpoints()
+        pointer = self.path / "checkpoints" / "latest"
+        if not pointer.exists():
+            return ckpts[-1] if ckpts else None
+        name = pointer.read_text().strip()
+        own = {p.name: p for p in ckpts}
+        if name in own:
+            return own[name]
+        fallback = f"using {ckpts[-1].name}, the newest of them" if ckpts else "there are none"
+        warnings.warn(f"{pointer} names {name[:200]!r}, which is not one of this run's checkpoints "
+                      f"({self.path / 'checkpoints'}/step_*): {fallback}", stacklevel=2)
         return ckpts[-1] if ckpts else None
 
     def __repr__(self) -> str:

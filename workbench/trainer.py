@@ -646,6 +646,7 @@ class Trainer:
             meta = json.loads((ckpt / "checkpoint.json").read_text())
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
             if self.is_main:
+                self._check_history()
                 for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                     runs.truncate_jsonl(self.run_dir / f, self.step)
             self.accelerator.wait_for_everyone()
@@ -657,6 +658,23 @@ class Trainer:
             for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                 runs.truncate_jsonl(self.run_dir / f, 0)
         self.accelerator.wait_for_everyone()
+
+    def _check_history(self) -> None:
+        """Warn when the run's history ends before the checkpoint being resumed (rows lost or the
+        files removed): the resumed run then has a gap there."""
+        c = self.config
+        expected = {"metrics.jsonl": self.step, "eval.jsonl": self.step // c.eval_every * c.eval_every}
+        for name, needed in expected.items():
+            path = self.run_dir / name
+            if not path.exists():
+                warnings.warn(f"{path} is missing; the checkpoint is at step {self.step}: the resumed run's "
+                              f"{name} starts after it", stacklevel=3)
+                continue
+            last = max((r.get("step", 0) for r in runs.read_jsonl(path)), default=None)
+            if last is None or last < needed:
+                warnings.warn(f"{name} has rows up to step {last}, but the checkpoint is at step {self.step}: "
+                              f"the rows in between are lost (the resumed run continues after step {self.step})",
+                              stacklevel=3)
 
     # ------------------------------------------------------------------ the loop
 
