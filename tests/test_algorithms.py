@@ -68,3 +68,26 @@ def test_advantage_table_columns():
 def test_demo_command_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "workbench", "demo"], capture_output=True, text=True, check=True)
     assert "gtpo" in out.stdout and "+0.9994" in out.stdout and "+0.8721" in out.stdout
+
+
+def test_advantage_kwargs_are_checked_with_the_config(tmp_path):
+    """Unknown or bad advantage_kwargs fail when the config is built (they used to fail at step 1,
+    after the step-0 evaluation had written files, so the corrected command was refused)."""
+    from workbench.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"advantage_kwargs: 'alpha3' is not an argument of .*gtpo.*alpha2"):
+        TrainConfig(algorithm="gtpo", advantage_kwargs={"alpha3": 1.0})
+    with pytest.raises(ValueError, match=r"advantage_kwargs: 'alpha2' is not an argument of .*grpo.*scale"):
+        TrainConfig(algorithm="grpo", advantage_kwargs={"alpha2": 0.1})
+    with pytest.raises(ValueError, match=r"advantage_kwargs: 'beta2'.*dapo"):
+        TrainConfig(algorithm="dapo", advantage_kwargs={"beta2": 0.1})
+    with pytest.raises(ValueError, match="advantage_kwargs: normalize must be one of"):
+        TrainConfig(algorithm="grpo_s", advantage_kwargs={"normalize": "both"})
+    with pytest.raises(ValueError, match="advantage_kwargs: alpha2 must be >= 0"):
+        TrainConfig(algorithm="gtpo", advantage_kwargs={"alpha2": -1.0})
+    TrainConfig(algorithm="gtpo", advantage_kwargs={"alpha2": 0.2, "normalize": "per_polarity"})
+    TrainConfig(algorithm="dr_grpo", advantage_kwargs={"scale": "group"})
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="alpha3"):
+        workbench.train(model="tiny", advantage_kwargs={"alpha3": 1.0}, output_dir=str(out))
+    assert not out.exists()

@@ -175,9 +175,9 @@ def grpo(rewards, mask, *, scale: str = "group", eps: float = EPS) -> torch.Tens
     return _finish(adv[..., None].expand(m.shape), m, batch_shape)
 
 
-def dapo(rewards, mask, **kw) -> torch.Tensor:
+def dapo(rewards, mask, *, scale: str = "group", eps: float = EPS) -> torch.Tensor:
     """DAPO: the same advantage as GRPO (its differences are in the loss and the sampling)."""
-    return grpo(rewards, mask, **kw)
+    return grpo(rewards, mask, scale=scale, eps=eps)
 
 
 # ---------------------------------------------------------------------------- GTPO

@@ -11,6 +11,8 @@ and verl, the behaviour-policy entropies always reach it (GRPO and DAPO ignore t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,6 +65,23 @@ class Algorithm:
         """Advantages ``[..., n, T]`` with this algorithm's defaults, overridable by ``kwargs``."""
         return self.advantage_fn(rewards, entropies, mask, **{**self.advantage_kwargs, **kwargs})
 
+    def check_advantage_kwargs(self, kwargs: dict) -> None:
+        """Raise ``ValueError`` naming the problem unless ``kwargs`` suit :attr:`advantage_fn`:
+        every name must be one of its keyword arguments (read from its signature), and the
+        values must pass its own checks (it is called once on a two-response toy group)."""
+        accepted = _keyword_arguments(self.advantage_fn)
+        if accepted is not None:
+            for name in kwargs:
+                if name not in accepted:
+                    fn = getattr(inspect.unwrap(self.advantage_fn), "__name__", "advantage_fn")
+                    raise ValueError(f"advantage_kwargs: {name!r} is not an argument of {self.name!r}'s advantage "
+                                     f"function {fn}(); it takes: {', '.join(accepted) or 'none'}")
+        rewards, mask = torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, 2, dtype=torch.bool)
+        try:
+            self.advantages(rewards, torch.full((1, 2, 2), 0.5), mask, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"advantage_kwargs: {e}") from None
+
     def loss_kwargs(self) -> dict:
         """Keyword arguments of :func:`workbench.losses.policy_loss` for this algorithm."""
         return {"eps_low": self.eps_low, "eps_high": self.eps_high, "agg": self.agg, "level": self.level}
@@ -72,12 +91,26 @@ class Algorithm:
 
 
 def _ignore_entropies(fn):
+    @functools.wraps(fn)  # its signature (inspect.signature follows __wrapped__) is fn's keywords
     def advantage_fn(rewards, entropies, mask, **kwargs):
         return fn(rewards, mask, **kwargs)
 
-    advantage_fn.__name__ = fn.__name__
-    advantage_fn.__doc__ = fn.__doc__
     return advantage_fn
+
+
+_DATA_ARGUMENTS = ("rewards", "entropies", "mask")
+
+
+def _keyword_arguments(fn) -> list[str] | None:
+    """The keyword arguments ``fn`` takes besides the data (``None``: any, it has ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in _DATA_ARGUMENTS
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 ALGORITHMS: dict[str, Algorithm] = {}

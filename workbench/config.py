@@ -145,6 +145,7 @@ class TrainConfig:
             from .models import check_model_source
 
             check_model_source(self.model)
+        ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
 
