@@ -83,6 +83,10 @@ def test_jsonl_math_verify_equivalences(tmp_path):
     (b'{"question": "q\xff", "answer": "1"}', "not valid UTF-8"),
     (b'[1, 2]', "expected a JSON object"),
     (b'{"question": "' + b"x" * (1 << 20) + b'", "answer": "1"}', "too long"),
+    (b'{"question": "q", "answer": NaN}', "not a finite number"),
+    (b'{"question": "q", "answer": Infinity}', "not a finite number"),
+    (b'{"question": "q", "answer": -Infinity}', "not a finite number"),
+    (b'{"question": "q", "answer": 1e400}', "not a finite number"),
 ])
 def test_jsonl_bad_lines_name_the_line(tmp_path, bad_line, problem):
     good = [json.dumps({"question": f"q{i}", "answer": str(i)}).encode() for i in range(30)]
@@ -105,7 +109,7 @@ def test_bad_task_input():
         get_task("jsonl", path="/nowhere.jsonl")
     with pytest.raises(ValueError, match="split must be"):
         get_task("addition").generate("test", 3, 0)
-    assert set(TASKS) == {"addition", "chain", "jsonl"}
+    assert set(TASKS) == {"addition", "chain", "jsonl", "word_arithmetic"}
 
 
 @pytest.mark.parametrize("name, params, split, setting", [

@@ -21,6 +21,17 @@ from .verifier import DEFAULT_TIMEOUT, verify
 MAX_LINE_BYTES = 1 << 20
 
 
+def _not_finite(token: str):
+    raise ValueError(f"{token} is not a finite number (JSON numbers must be finite; quote it if it is meant as text)")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} is not a finite number (it overflows a float; quote it if it is meant as text)")
+    return value
+
+
 @register_task
 class JsonlTask(Task):
     """Problems from ``path``; malformed lines raise with their line number, or are skipped
@@ -77,7 +88,7 @@ class JsonlTask(Task):
         if not text.strip():
             return None
         try:
-            row = json.loads(text)
+            row = json.loads(text, parse_constant=_not_finite, parse_float=_finite_float)
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
