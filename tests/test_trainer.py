@@ -227,3 +227,20 @@ def test_reward_timeouts_are_counted_in_the_metrics(tmp_path, monkeypatch):
     samples = run.samples[0]["responses"]
     assert row["reward_timeouts"] > 0 and row["reward_timeouts"] + run.evals["reward_timeouts"].sum() == len(calls)
     assert row["accuracy"] == 0.0 and len(samples) == 4
+
+
+def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
+    data = tmp_path / "t.jsonl"
+    good = [json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) for a in range(10) for b in range(10)]
+    data.write_text("\n".join(good[:5] + ['{"question": "x"}', "not json"] + good[5:]) + "\n")
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
+           json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+           "--max-new-tokens", "6", "--eval-size", "4", "--task", "jsonl", "--task-params",
+           json.dumps({"path": str(data), "lenient": True}), "--output-dir", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "skipped 2 malformed line(s)" in res.stdout and "line 6: missing field 'answer'" in res.stderr
+    info = json.loads((out / "task.json").read_text())
+    assert info["skipped_lines"] == 2 and [s["line"] for s in info["skipped"]] == [6, 7]
+    assert info["examples"] == 100 and info["train_problems"] + info["eval_problems"] == 100

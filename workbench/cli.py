@@ -37,6 +37,10 @@ def _train(args) -> int:
         return 0
     metrics, evals = run.metrics, run.evals
     print(f"run directory: {run.path}")
+    task_info = json.loads((run.path / "task.json").read_text()) if (run.path / "task.json").exists() else {}
+    if task_info.get("skipped_lines"):
+        print(f"skipped {task_info['skipped_lines']} malformed line(s) of {task_info.get('path')} (lenient=True; "
+              f"listed in {run.path / 'task.json'})")
     if len(evals):
         print(evals.to_string(index=False))
     return 0

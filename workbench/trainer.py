@@ -202,6 +202,17 @@ class Trainer:
             self.close()
             raise
 
+    def _record_task(self) -> None:
+        """``task.json``: the task's own account of its data; lines a lenient JSONL task skipped
+        are also a warning, so that they are seen, not only recorded."""
+        info = self.task.describe()
+        runs.atomic_write_text(self.run_dir / "task.json", json.dumps(info, indent=1))
+        if info.get("skipped_lines"):
+            first = ", ".join(f"line {s['line']}: {s['problem']}" for s in info["skipped"][:3])
+            warnings.warn(f"{info['skipped_lines']} malformed line(s) of {info.get('path')} skipped (lenient=True): "
+                          f"{first}{', ...' if info['skipped_lines'] > 3 else ''} (all listed in "
+                          f"{self.run_dir / 'task.json'})", stacklevel=4)
+
     def close(self) -> None:
         """Release the run directory's lock (done when training ends; a later ``train()`` takes it again)."""
         if self._lock is not None:
@@ -220,6 +231,7 @@ class Trainer:
                 runs.clear_run_dir(d)
         if self.is_main:  # one writer; the other processes wait for it
             runs.remove_leftovers(d)
+            self._record_task()
             (d / "checkpoints").mkdir(parents=True, exist_ok=True)
             runs.atomic_write_text(d / "config.json", json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()

@@ -44,6 +44,11 @@ class Task:
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """What a run records about its data (``task.json`` in the run directory): the split sizes
+        (``None`` when too many to count), and, for data read from a file, what was skipped."""
+        return {"task": self.name, "train_problems": self.split_size("train"), "eval_problems": self.split_size("eval")}
+
     def extract_answer(self, completion: str) -> str | None:
         """The text after the last separator, stripped; ``None`` if there is none."""
         if SEPARATOR not in completion:

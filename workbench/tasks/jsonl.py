@@ -110,6 +110,11 @@ class JsonlTask(Task):
             raise ValueError("field 'solution' must be a string")
         return Example(question + suffix, answer.strip(), solution + SEPARATOR + answer.strip())
 
+    def describe(self) -> dict:
+        skipped = [{"line": number, "problem": problem} for number, problem in self.skipped]
+        return {**super().describe(), "path": str(self.path), "examples": len(self.examples),
+                "skipped_lines": len(skipped), "skipped": skipped}
+
     def split_size(self, split: str) -> int:
         self._check_split(split, 1)
         return len(self.splits[split])
