@@ -136,3 +136,29 @@ def test_policy_loss_finite_and_gradient_only_on_valid_tokens(inputs, agg, level
     loss.backward()
     assert bool(torch.isfinite(logp_new.grad.float()).all())
     assert bool((logp_new.grad[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("magnitude", [1e160, 1e200, 1e300])
+def test_huge_float64_rewards_give_finite_advantages_for_every_algorithm(magnitude):
+    """Float64 rewards near 1e160 made GTPO return +-inf where GRPO, DAPO and GRPO-S stayed finite:
+    squared deviations overflowed, and 0 * inf at masked positions made the std NaN. Every
+    algorithm now gives finite advantages, and z-scores do not depend on the rewards' scale."""
+    gen = torch.Generator().manual_seed(0)
+    r = torch.tensor([[1.0, 0.0, 0.25, 1.0], [0.0, 0.0, 1.0, 0.5]], dtype=torch.float64)
+    lengths = torch.tensor([[3, 1, 4, 2], [4, 2, 1, 3]])
+    mask = torch.arange(4)[None, None, :] < lengths[..., None]
+    h = torch.rand(2, 4, 4, generator=gen, dtype=torch.float64)
+    big = r * magnitude
+    outputs = {
+        "grpo": adv.grpo(big, mask), "grpo batch": adv.grpo(big, mask, scale="batch"), "dapo": adv.dapo(big, mask),
+        "gtpo": adv.gtpo(big, h, mask), "gtpo per_polarity": adv.gtpo(big, h, mask, normalize="per_polarity"),
+        "grpo_s": adv.grpo_s(big, h, mask), "grpo_s per_polarity": adv.grpo_s(big, h, mask, normalize="per_polarity"),
+    }
+    for name, out in outputs.items():
+        assert bool(torch.isfinite(out).all()), name
+        assert out[mask].abs().max() > 0.1, name  # not silently zero either
+    torch.testing.assert_close(outputs["grpo"], adv.grpo(r, mask), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs["grpo batch"], adv.grpo(r, mask, scale="batch"), rtol=1e-5, atol=1e-5)
+    # without the entropy bonus, GTPO's joint z-score does not depend on the rewards' scale either
+    plain = adv.gtpo(big, h, mask, alpha2=0.0)
+    torch.testing.assert_close(plain, adv.gtpo(r * 1e6, h, mask, alpha2=0.0), rtol=1e-5, atol=1e-5)

@@ -102,23 +102,30 @@ def _coefficients(**named):
 # ---------------------------------------------------------------------------- statistics
 
 
-def _zscore(values: torch.Tensor, sets: torch.Tensor, eps: float) -> torch.Tensor:
+def _zscore(values: torch.Tensor, sets: torch.Tensor, eps: float, dims: tuple[int, ...] | None = None) -> torch.Tensor:
     """``(x - mean) / (std + eps)`` where mean and unbiased std run over ``sets``.
 
     ``values`` and ``sets`` are ``[G, ...]``; the statistics are per group (dim 0 kept),
-    over all elements of the group where ``sets`` is true. A set of one element has std 0;
-    where std is 0 the result is ``x - mean``. Positions outside ``sets`` get 0.
+    over all elements of the group where ``sets`` is true (``dims``: over these dimensions
+    instead, e.g. all of them for statistics over the whole batch). A set of one element has
+    std 0; where std is 0 the result is ``x - mean``. Positions outside ``sets`` get 0.
+
+    Overflow-safe: the values are divided by their largest magnitude ``s`` in the set first and
+    ``eps`` by ``s`` too (the same formula), so rewards up to float64's range give finite
+    advantages (squaring 1e160 directly overflows; ``0 * inf`` at masked positions made NaN).
     """
-    dims = tuple(range(1, values.dim()))
-    w = sets.to(values.dtype)
-    count = w.sum(dims, keepdim=True)
-    safe = count.clamp(min=1)
-    mean = (values * w).sum(dims, keepdim=True) / safe
-    var = (((values - mean) ** 2) * w).sum(dims, keepdim=True) / (count - 1).clamp(min=1)
-    std = var.sqrt()
-    centred = values - mean
-    z = torch.where(std > 0, centred / (std + eps), centred)
-    return torch.where(sets, z, torch.zeros((), dtype=values.dtype, device=values.device))
+    dims = tuple(range(1, values.dim())) if dims is None else dims
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    inside = torch.where(sets, values, zero)
+    scale = inside.abs().amax(dims, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    x = inside / scale
+    count = sets.to(values.dtype).sum(dims, keepdim=True)
+    mean = x.sum(dims, keepdim=True) / count.clamp(min=1)
+    centred = torch.where(sets, x - mean, zero)
+    std = ((centred**2).sum(dims, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    z = torch.where(std > 0, centred / (std + eps / scale), centred * scale)
+    return torch.where(sets, z, zero)
 
 
 def _normalize(shaped: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor, how: str, eps: float):
@@ -165,14 +172,22 @@ def grpo(rewards, mask, *, scale: str = "group", eps: float = EPS) -> torch.Tens
     _checks.choice("scale", scale, SCALES)
     _checks.positive("eps", eps, allow_zero=True)
     r, m, _, batch_shape = _inputs(rewards, mask)
-    centred = r - r.mean(-1, keepdim=True)
+    everyone = torch.ones_like(r, dtype=torch.bool)
     if scale == "group":
-        adv = centred / (r.std(-1, keepdim=True) + eps)
-    elif scale == "batch":
-        adv = centred / (r.std() + eps) if r.numel() > 1 else centred
+        adv = _zscore(r, everyone, eps)
+    elif scale == "batch":  # centred per group, divided by the std of all rewards of the batch
+        centred = r - r.mean(-1, keepdim=True)
+        adv = centred / (_std(r, (0, 1)) + eps) if r.numel() > 1 else centred
     else:
-        adv = centred
+        adv = r - r.mean(-1, keepdim=True)
     return _finish(adv[..., None].expand(m.shape), m, batch_shape)
+
+
+def _std(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Unbiased std over ``dims``, overflow-safe (scaled by the largest magnitude first)."""
+    scale = values.abs().amax(dims, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (values / scale).std(dims, keepdim=True) * scale
 
 
 def dapo(rewards, mask, *, scale: str = "group", eps: float = EPS) -> torch.Tensor:
