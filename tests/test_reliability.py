@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import workbench.checkpoints as checkpoints
 import workbench.trainer as trainer_mod
 from workbench.models import load_model
 from workbench.runs import load_run
@@ -103,7 +104,7 @@ def test_malicious_trainer_state_is_refused_and_not_executed(tmp_path):
     latest = run.latest_checkpoint()
     _malicious_pickle(latest / "trainer_state.pt", marker)
     meta = json.loads((latest / "checkpoint.json").read_text())  # an attacker also fixes the checksum
-    meta["files"]["trainer_state.pt"] = trainer_mod._sha256(latest / "trainer_state.pt")
+    meta["files"]["trainer_state.pt"] = checkpoints._sha256(latest / "trainer_state.pt")
     (latest / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="refusing checkpoint .*not a plain tensor file"):
         t = Trainer({**BASE, "steps": 2, "output_dir": str(run.path)}, resume=True, progress=False)
@@ -212,3 +213,30 @@ def test_resume_warns_when_history_is_shorter_than_the_checkpoint(tmp_path):
     messages = " | ".join(str(w.message) for w in record)
     assert "metrics.jsonl has rows up to step 1, but the checkpoint is at step 3" in messages
     assert "eval.jsonl is missing" in messages
+
+
+def test_a_full_disk_while_saving_a_checkpoint_says_so(tmp_path, monkeypatch):
+    """The disk fills while trainer_state.pt is written (writes go to /dev/full, which fails them
+    with ENOSPC as a full disk does): the error says that the disk is full and where, the
+    half-written checkpoint is removed, and the previous one stays the run's latest."""
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return real_save(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):  # torch's own file writer, as torch.save(obj, path) uses
+            return real_save(obj, "/dev/full", *args, **kwargs)
+        with open("/dev/full", "wb") as full:
+            return real_save(obj, full, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    config = {**BASE, "steps": 3, "output_dir": str(tmp_path / "run")}
+    with pytest.raises(OSError, match=r"disk full while writing checkpoint step_000002 .*resume"):
+        train(config, progress=False)
+    run = load_run(tmp_path / "run")
+    assert [p.name for p in run.checkpoints()] == ["step_000001"] and run.latest_checkpoint().name == "step_000001"
+    assert not list((run.path / "checkpoints").glob(".*"))  # no half-written checkpoint left
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _steps(resume(run.path, progress=False)) == [1, 2, 3]

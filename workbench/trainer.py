@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import random
 import re
 import shutil
@@ -31,10 +30,10 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import runs
+from .checkpoints import TIED_KEYS, intact_checkpoints, save_checkpoint, verify_checkpoint
 from .algorithms import ALGORITHMS
 from .config import DEFAULT_INIT, TrainConfig
 from .entropy import token_stats_from_model
@@ -45,7 +44,7 @@ from .models import build_tiny_model, load_model, quiet_hub_bars
 from .rewards import grop_penalty, overlong_penalty
 from .tasks import get_task
 
-__all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS", "verify_checkpoint"]
 
 METRIC_COLUMNS = (
     "step", "reward", "accuracy", "response_len_mean", "response_len_max", "truncated_frac", "entropy",
@@ -53,7 +52,6 @@ METRIC_COLUMNS = (
     "advantage_abs_mean", "lr", "groups", "frac_zero_std", "sampling_rounds", "generated_tokens", "skipped_updates",
     "time_rollout", "time_score", "time_update", "time_step", "tokens_per_s",
 )
-TIED_KEYS = {"lm_head.weight"}  # not saved when tied to the input embeddings
 SUMMED_METRICS = ("loss", "policy_loss", "kl_ref", "entropy")
 EVAL_SEED = 1234  # the held-out set is the same for every run of a task
 
@@ -599,46 +597,20 @@ class Trainer:
                 model_state = {k: v for k, v in model_state.items() if k not in TIED_KEYS}
         if not self.is_main:
             return None
-        root = self.run_dir / "checkpoints"
-        name = f"step_{self.step:06d}"
-        final, tmp = root / name, runs.temporary_name(root / name, ".tmpdir")
-        with quiet_hub_bars():
-            self.unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
-        self.tokenizer.save_pretrained(tmp)
         state = {
             "optimizer": optim_state if self.fsdp else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        torch.save(state, tmp / "trainer_state.pt")
-        _fault_point("checkpoint", self.step)
-        meta = {"step": self.step, "skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps,
-                "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
-        runs.atomic_write_text(tmp / "checkpoint.json", json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        runs.atomic_write_text(root / "latest", name)
-        for old in runs.Run(self.run_dir).checkpoints()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        meta = {"skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps}
+        return save_checkpoint(self.run_dir, self.step, model=self.unwrapped, tokenizer=self.tokenizer,
+                               trainer_state=state, meta=meta, keep=self.config.keep_checkpoints,
+                               model_state=model_state, fault=lambda step: _fault_point("checkpoint", step))
 
     def _load_checkpoint(self) -> None:
-        run = runs.Run(self.run_dir)
-        candidates = [run.latest_checkpoint()] + list(reversed(run.checkpoints()))
-        for ckpt in [p for p in dict.fromkeys(candidates) if p is not None]:
-            problem = verify_checkpoint(ckpt)
-            if problem:
-                warnings.warn(f"skipping checkpoint {ckpt}: {problem}", stacklevel=2)
-                continue
-            try:  # weights_only: plain tensors and containers; any other pickle is refused unrun
-                state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-            except pickle.UnpicklingError as e:
-                warnings.warn(f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})",
-                              stacklevel=2)
-                continue
-            weights = load_file(ckpt / "model.safetensors")
+        found = False
+        for ckpt, weights, state, meta in intact_checkpoints(self.run_dir):
             if self.fsdp:  # every process reads the full state and keeps its shards
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -655,20 +627,17 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
-            meta = json.loads((ckpt / "checkpoint.json").read_text())
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
-            if self.is_main:
-                self._check_history()
-                for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-                    runs.truncate_jsonl(self.run_dir / f, self.step)
-            self.accelerator.wait_for_everyone()
-            return
-        if candidates != [None]:
+            found = True
+            break
+        if not found and runs.Run(self.run_dir).checkpoints():
             raise RuntimeError(f"no intact checkpoint in {self.run_dir / 'checkpoints'} to resume from")
-        # nothing saved yet: start from scratch, dropping rows of the lost steps
+        # resumed, or nothing saved yet (start from scratch): drop rows of the steps after it
         if self.is_main:
+            if found:
+                self._check_history()
             for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-                runs.truncate_jsonl(self.run_dir / f, 0)
+                runs.truncate_jsonl(self.run_dir / f, self.step)
         self.accelerator.wait_for_everyone()
 
     def _check_history(self) -> None:
@@ -816,41 +785,6 @@ def _fault_point(point: str, step: int) -> None:
     process here with SIGKILL (no clean-up, as a power cut or the OOM killer would)."""
     if os.environ.get("WORKBENCH_FAULT") == f"{point}@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    for p in path.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def verify_checkpoint(path: Path) -> str | None:
-    """``None`` if the checkpoint is complete and its checksums match, else what is wrong."""
-    meta_path = path / "checkpoint.json"
-    if not meta_path.exists():
-        return "no checkpoint.json (incomplete write)"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return "checkpoint.json is corrupt"
-    for name, digest in meta.get("files", {}).items():
-        if name == "checkpoint.json":
-            continue
-        f = path / name
-        if not f.exists():
-            return f"{name} is missing"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum (corrupt or truncated)"
-    return None
 
 
 def train(config: TrainConfig | dict | None = None, *, callback=None, progress: bool = True,

@@ -1,0 +1,150 @@
+"""Checkpoint files of a run: written atomically with checksums, verified, read back.
+
+::
+
+    run_dir/checkpoints/step_000050/   model.safetensors, config.json, tokenizer files,
+                                        trainer_state.pt (optimizer, scheduler, RNG), checkpoint.json
+    run_dir/checkpoints/latest         the name of the newest complete checkpoint
+
+A checkpoint is written into a uniquely named hidden directory, every file is fsync'ed and
+listed with its SHA-256 in ``checkpoint.json``, and only then is the directory renamed to
+``step_NNNNNN`` and ``latest`` updated: a crash at any moment leaves the previous checkpoint as
+the latest complete one. ``trainer_state.pt`` loads with ``weights_only=True`` (plain tensors and
+containers; any other pickle is refused unrun).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from . import runs
+from .models import quiet_hub_bars
+
+__all__ = ["save_checkpoint", "verify_checkpoint", "intact_checkpoints", "checkpoint_name", "TIED_KEYS"]
+
+TIED_KEYS = {"lm_head.weight"}  #: not saved when tied to the input embeddings
+
+
+def checkpoint_name(step: int) -> str:
+    """``step_000050``: the directory of the checkpoint after ``step`` RL steps."""
+    return f"step_{step:06d}"
+
+
+def save_checkpoint(run_dir, step: int, *, model, tokenizer, trainer_state: dict, meta: dict, keep: int,
+                    model_state: dict | None = None, fault=None) -> Path:
+    """Write checkpoint ``step`` of the run in ``run_dir`` and keep the newest ``keep``; return its path.
+
+    ``model_state``: the weights to save instead of ``model``'s own (the full state gathered from
+    FSDP shards). ``meta`` is stored in ``checkpoint.json`` beside the checksums. ``fault(step)``
+    is called once the files are written and before the rename (the crash tests' kill point).
+    A full disk raises an ``OSError`` (ENOSPC) that says so, naming the checkpoint; the
+    half-written directory is removed and the previous checkpoint stays the latest.
+    """
+    root = Path(run_dir) / "checkpoints"
+    name = checkpoint_name(step)
+    final, tmp = root / name, runs.temporary_name(root / name, ".tmpdir")
+    try:
+        with quiet_hub_bars():
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+        tokenizer.save_pretrained(tmp)
+        with open(tmp / "trainer_state.pt", "wb") as f:  # a file object: a write error surfaces as OSError
+            torch.save(trainer_state, f)
+        if fault is not None:
+            fault(step)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        runs.atomic_write_text(tmp / "checkpoint.json", json.dumps({**meta, "step": step, "files": files}, indent=1))
+        _fsync_files(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            free = shutil.disk_usage(root).free / 2**20
+            raise OSError(errno.ENOSPC, f"disk full while writing checkpoint {name} in {root} ({free:.0f} MiB free "
+                          f"now): free some space, then resume the run from its last complete checkpoint "
+                          f"(resume({str(run_dir)!r}) or python -m workbench train --resume {run_dir})") from e
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    runs.atomic_write_text(root / "latest", name)
+    for old in runs.Run(Path(run_dir)).checkpoints()[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it was raised from) is a write that found the disk full."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left" in text or "StorageFull" in text:  # safetensors' and tokenizers' wording
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def verify_checkpoint(path) -> str | None:
+    """``None`` if the checkpoint is complete and its checksums match, else what is wrong."""
+    path = Path(path)
+    meta_path = path / "checkpoint.json"
+    if not meta_path.exists():
+        return "no checkpoint.json (incomplete write)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return "checkpoint.json is corrupt"
+    for name, digest in meta.get("files", {}).items():
+        if name == "checkpoint.json":
+            continue
+        f = path / name
+        if not f.exists():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum (corrupt or truncated)"
+    return None
+
+
+def intact_checkpoints(run_dir) -> Iterator[tuple[Path, dict, dict, dict]]:
+    """The run's checkpoints that verify, newest first (``latest`` first): ``(path, weights,
+    trainer_state, meta)`` each. A corrupt one, or one whose ``trainer_state.pt`` is not a plain
+    tensor file, is skipped with a warning that names it and why."""
+    run = runs.Run(Path(run_dir))
+    candidates = [run.latest_checkpoint(), *reversed(run.checkpoints())]
+    for ckpt in [p for p in dict.fromkeys(candidates) if p is not None]:
+        problem = verify_checkpoint(ckpt)
+        if problem:
+            warnings.warn(f"skipping checkpoint {ckpt}: {problem}", stacklevel=3)
+            continue
+        try:  # weights_only: plain tensors and containers; any other pickle is refused unrun
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        except pickle.UnpicklingError as e:
+            warnings.warn(f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})",
+                          stacklevel=3)
+            continue
+        weights = {k: v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}  # shards too
+        yield ckpt, weights, state, json.loads((ckpt / "checkpoint.json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_files(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
