@@ -2,13 +2,13 @@
 
 ``What is 7 plus 5? Give the answer as a number.`` → any reply whose final answer is 12. The
 answer is read the way a person reads a reply, in this order: the last ``\\boxed{...}``; else
-the last "the answer is ..." (also "answer: ...", "answer = ..."); else the last number in the
-reply (``7 + 5 = 12.``). Numbers may carry thousands separators or a zero fraction (``1,234``,
-``12.0``). Number words (``seven``, ``twenty-one``) count after "the answer is", and as the
-final number only in a reply without any digits (``Three plus four is seven.``), since words
-such as "one" also appear in ordinary text. Prompts are plain questions; the trainer wraps them
-in the model's chat template. Every reward is a few regular-expression scans of a bounded text:
-linear time.
+the last "the answer is ..." (also "answer: ...", "answer = ..."; when an expression follows,
+its value: "the answer is: 7 + 5 = 12"); else the last number in the reply (``7 + 5 = 12.``).
+Numbers may carry thousands separators or a zero fraction (``1,234``, ``12.0``). Number words
+(``seven``, ``twenty-one``) count after "the answer is", and as the final number only in a
+reply without any digits (``Three plus four is seven.``), since words such as "one" also appear
+in ordinary text. Prompts are plain questions; the trainer wraps them in the model's chat
+template. Every reward is a few regular-expression scans of a bounded text: linear time.
 """
 
 from __future__ import annotations
@@ -56,8 +56,10 @@ _WORDS = rf"(?:(?:{'|'.join(_UNITS[1:10])})\s+hundred(?:\s+(?:and\s+)?{_BELOW_10
 _NUMBER_RE = re.compile(rf"(?<![\w.]){_DIGITS}(?!\d)")
 _WORD_RE = re.compile(rf"\b{_WORDS}\b", re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\boxed\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
+#: After "the answer is": a number, or an expression whose value comes last ("7 + 5 = 12"), or words.
+_EXPRESSION = rf"{_DIGITS}(?:\s*[-+*/×x÷=]\s*{_DIGITS})*(?!\d)"
 _ANSWER_RE = re.compile(
-    rf"\banswer\s*(?:is|was|would be|will be|:|=)\s*[:=]?[\s*$\\(]*({_DIGITS}(?!\d)|{_WORDS}\b)", re.IGNORECASE
+    rf"\banswer\s*(?:is|was|would be|will be|:|=)\s*[:=]?[\s*$\\(]*({_EXPRESSION}|{_WORDS}\b)", re.IGNORECASE
 )
 #: Replies are bounded by max_new_tokens; a longer text is read from its last characters only.
 MAX_CHARS = 20_000
@@ -103,10 +105,8 @@ def extract_final_answer(completion: str) -> Fraction | None:
     if boxed:
         return _last_number(boxed[-1], words=True)
     stated = [m.group(1) for m in _ANSWER_RE.finditer(text)]
-    for candidate in reversed(stated):
-        value = parse_number(candidate)
-        if value is not None:
-            return value
+    if stated:
+        return _last_number(stated[-1], words=True)
     return _last_number(text, words=True)
 
 
