@@ -244,3 +244,24 @@ def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
     info = json.loads((out / "task.json").read_text())
     assert info["skipped_lines"] == 2 and [s["line"] for s in info["skipped"]] == [6, 7]
     assert info["examples"] == 100 and info["train_problems"] + info["eval_problems"] == 100
+
+
+def test_cli_errors_are_one_line_with_the_traceback_behind_debug(tmp_path):
+    base = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
+            json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+            "--max-new-tokens", "6", "--eval-size", "4", "--output-dir", str(tmp_path / "run")]
+    cases = [(["--model", "/no/such/model"], "/no/such/model"),
+             (["--advantage-kwargs", '{"alpha3": 1}'], "alpha3"),
+             (["--task", "jsonl", "--task-params", json.dumps({"path": str(tmp_path / "missing.jsonl")})],
+              "missing.jsonl")]
+    for extra, needle in cases:
+        res = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.returncode == 1 and len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, \
+            res.stderr[-2000:]
+        assert lines[0].startswith("error: ") and "--debug" in lines[0]
+    res = subprocess.run(base + ["--model", "/no/such/model", "--debug"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "/no/such/model" in res.stderr
+    res = subprocess.run(base[:3] + ["--debug"] + base[3:] + ["--model", "/no/such/model"], capture_output=True,
+                         text=True, timeout=300)  # --debug before the command works too
+    assert res.returncode != 0 and "Traceback" in res.stderr

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 
 def _demo(args) -> int:
@@ -112,7 +113,17 @@ def _overrides(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="GTPO / GRPO-S research workbench")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser
     p = sub.add_parser("demo", help="print GRPO vs DAPO vs GTPO vs GRPO-S advantages for a toy group")
     p.set_defaults(func=_demo)
 
@@ -152,7 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error is one line on stderr and exit code 1 (``--debug``, or the
+    environment variable ``WORKBENCH_DEBUG=1``, shows the full traceback instead)."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.argv = argv
-    return args.func(args)
+    debug = bool(getattr(args, "debug", False) or os.environ.get("WORKBENCH_DEBUG"))
+    if not debug:
+        warnings.formatwarning = _one_line_warning
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    if isinstance(error, KeyError):  # its str() is the quoted key
+        text = f"missing key {text}"
+    return f"{type(error).__name__}: {text}" if not isinstance(error, (ValueError, TypeError)) else text
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
