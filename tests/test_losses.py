@@ -130,3 +130,49 @@ def test_errors():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="advantages contains NaN"):
         policy_loss(lp, lo, bad, m)
+
+
+def test_seq_mean_token_sum_norm_divides_by_a_constant_length():
+    """Dr. GRPO's normaliser is a constant (TRL: max_completion_length, verl: a configured one),
+    not the padded width of the batch, which changes from batch to batch."""
+    v = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    assert float(aggregate(v, m, "seq-mean-token-sum-norm", norm_len=16)) == pytest.approx(10 / (2 * 16))
+    wider = torch.nn.functional.pad(v, (0, 5))
+    wider_mask = torch.nn.functional.pad(m, (0, 5))
+    assert float(aggregate(wider, wider_mask, "seq-mean-token-sum-norm", norm_len=16)) == pytest.approx(10 / 32)
+    lp, lo, a, mask = batch(seed=6)
+    loss, _ = policy_loss(lp, lo, a, mask, agg="seq-mean-token-sum-norm", norm_len=20)
+    L = per_token_surrogate(lp, lo, a, 0.2, 0.2)
+    assert float(loss) == pytest.approx(float((L * mask).sum()) / (4 * 20), abs=1e-6)
+    with pytest.raises(ValueError, match="norm_len must be > 0"):
+        aggregate(v, m, "seq-mean-token-sum-norm", norm_len=0)
+
+
+def test_dual_clip_caps_negative_advantage_losses_as_verl():
+    """verl's dual clip: for A < 0 the per-token loss max(-A rho, -A clip(rho)) is capped at -A c."""
+    logp_old = torch.zeros(1, 4)
+    logp_new = torch.log(torch.tensor([[5.0, 0.5, 5.0, 1.0]]))
+    adv = torch.tensor([[-1.0, -1.0, 1.0, -2.0]])
+    m = torch.ones(1, 4, dtype=torch.bool)
+    loss, metrics = policy_loss(logp_new, logp_old, adv, m, eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0)
+    # token 0: max(5, 1.28) = 5 -> min(5, 3) = 3; token 1: max(0.5, 0.8) = 0.8; token 2 (A > 0):
+    # max(-5, -1.28) = -1.28; token 3: max(2, 2) = 2 -> min(2, 6) = 2
+    assert float(loss) == pytest.approx((3 + 0.8 - 1.28 + 2) / 4, abs=1e-6)
+    assert metrics["clip_frac_dual"] == 0.25
+    off, _ = policy_loss(logp_new, logp_old, adv, m, eps_low=0.2, eps_high=0.28)
+    assert float(off) == pytest.approx((5 + 0.8 - 1.28 + 2) / 4, abs=1e-6)  # off by default
+    lp = logp_new.clone().requires_grad_()
+    policy_loss(lp, logp_old, adv, m, eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0)[0].backward()
+    assert lp.grad[0, 0] == 0 and lp.grad[0, 3] != 0  # the capped token gives no gradient
+    # against verl's formula on random tensors
+    lp, lo, a, mask = batch(seed=7)
+    lp = lo + torch.randn(lo.shape, generator=torch.Generator().manual_seed(1)) * 1.5  # wide ratios
+    ratio = (lp - lo).exp()
+    loss1 = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.28))
+    expected = torch.where(a < 0, torch.minimum(-a * 3.0, loss1), loss1)
+    loss, metrics = policy_loss(lp, lo, a, mask, eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0)
+    assert float(loss) == pytest.approx(float(expected[mask].mean()), abs=1e-6)
+    assert metrics["clip_frac_dual"] == pytest.approx(float(((loss1 > -a * 3.0) & (a < 0))[mask].float().mean()))
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        policy_loss(lp, lo, a, mask, clip_ratio_c=1.0)

@@ -265,3 +265,17 @@ def test_cli_errors_are_one_line_with_the_traceback_behind_debug(tmp_path):
     res = subprocess.run(base[:3] + ["--debug"] + base[3:] + ["--model", "/no/such/model"], capture_output=True,
                          text=True, timeout=300)  # --debug before the command works too
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_trainer_passes_the_constant_length_and_the_dual_clip(tmp_path, monkeypatch):
+    import workbench.trainer as trainer_mod
+
+    seen = []
+    real = trainer_mod.policy_loss
+    monkeypatch.setattr(trainer_mod, "policy_loss", lambda *a, **k: seen.append(k) or real(*a, **k))
+    trainer = Trainer(warm(tmp_path, algorithm="dr_grpo", clip_ratio_c=3.0, max_new_tokens=16), progress=False)
+    row = trainer.train_step(1)
+    assert seen and all(k["norm_len"] == 16 and k["clip_ratio_c"] == 3.0 for k in seen)
+    assert seen[0]["agg"] == "seq-mean-token-sum-norm" and 0 <= row["clip_frac_dual"] <= 1
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        TrainConfig(clip_ratio_c=0.5)

@@ -41,6 +41,7 @@ class TrainConfig:
     level: str | None = None
     beta_kl: float | None = None  #: > 0 keeps a frozen reference model for the k3 KL penalty
     entropy_coef: float = 0.0
+    clip_ratio_c: float | None = None  #: verl's dual clip (e.g. 3.0): negative-advantage losses capped at -A*c; None: off
     dynamic_sampling: bool | None = None
     max_sampling_rounds: int = 3  #: cap on rollout rounds per step with dynamic sampling
     overlong_shaping: bool | None = None
@@ -123,6 +124,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
+            raise ValueError(f"clip_ratio_c must be > 1 (verl's dual clip, e.g. 3.0) or None (off), got {self.clip_ratio_c!r}")
         if self.eps_low is not None and self.eps_low >= 1:
             raise ValueError(f"eps_low must be < 1, got {self.eps_low!r}")
         lo, hi = self.resolved("eps_low"), self.resolved("eps_high")

@@ -484,7 +484,8 @@ class Trainer:
         c = self.config
         B = advantages.shape[0]
         loss_kwargs = dict(eps_low=c.resolved("eps_low"), eps_high=c.resolved("eps_high"), agg=c.resolved("agg"),
-                           level=c.resolved("level"), beta_kl=c.resolved("beta_kl"), entropy_coef=c.entropy_coef)
+                           level=c.resolved("level"), beta_kl=c.resolved("beta_kl"), entropy_coef=c.entropy_coef,
+                           clip_ratio_c=c.clip_ratio_c, norm_len=c.max_new_tokens)
         gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))
         sums: dict[str, float] = {}
         count = 0
