@@ -311,3 +311,61 @@ def test_nan_entropy_at_masked_positions_is_ignored():
     H2 = H.clone()
     H2[~m] = float("nan")
     torch.testing.assert_close(adv.gtpo(r, H2, m), adv.gtpo(r, H, m))
+
+
+def _two_groups():
+    """One response token each (T = 1). Group A: rewards 1, 1, 0, 0, entropies 1, 3, 1, 1;
+    group B: rewards 1, 0, 0, 0, entropies 2, 1, 2, 2. With alpha1 = 1, alpha2 = 0.1 (Eq. 3, 5):
+    A: R+ = 1 + 0.1 * (1/4) * 2 = 1.05 and 1 + 0.1 * (3/4) * 2 = 1.15; R- = -1 - 0.1 * (1/2) * 2 = -1.1 (both).
+    B: R+ = 1 + 0.1 * 1 * 1 = 1.1; 1/H = 1, 1/2, 1/2 (sum 2): R- = -1 - 0.1 * (1/2) * 3 = -1.15,
+    then -1 - 0.1 * (1/4) * 3 = -1.075 (twice)."""
+    r = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    h = torch.tensor([[1.0, 3.0, 1.0, 1.0], [2.0, 1.0, 2.0, 2.0]])[..., None]
+    return r, h, torch.ones(2, 4, 1, dtype=torch.bool)
+
+
+def test_gtpo_per_polarity_over_the_batch_by_hand():
+    """O+ of the batch: 1.05, 1.15, 1.1 (mean 1.1, std 0.05): z = -1, 1, 0.
+    O- of the batch: -1.1, -1.1, -1.15, -1.075, -1.075 (mean -1.1, squared deviations 0, 0,
+    0.0025, 0.000625, 0.000625, var 0.00375 / 4, std 0.0306186): z = 0, 0, -1.63299, 0.81650, 0.81650."""
+    r, h, m = _two_groups()
+    shaped = adv.shaped_rewards_gtpo(r, h, m)[..., 0]
+    torch.testing.assert_close(shaped, torch.tensor([[1.05, 1.15, -1.1, -1.1], [1.1, -1.15, -1.075, -1.075]],
+                                                    dtype=torch.float64), atol=1e-7, rtol=0)
+    A = adv.gtpo(r, h, m, normalize="per_polarity_batch")[..., 0]
+    s_pos, s_neg = 0.05 + 1e-6, (0.00375 / 4) ** 0.5 + 1e-6
+    expected = torch.tensor([[-0.05 / s_pos, 0.05 / s_pos, 0.0, 0.0], [0.0, -0.05 / s_neg, 0.025 / s_neg, 0.025 / s_neg]])
+    torch.testing.assert_close(A, expected, atol=2e-6, rtol=0)
+    # per group instead: A's O- are equal (std 0 -> 0), B's single success gets 0
+    B = adv.gtpo(r, h, m, normalize="per_polarity")[..., 0]
+    s_b = (0.001875) ** 0.5 + 1e-6
+    torch.testing.assert_close(B[1], torch.tensor([0.0, -0.05 / s_b, 0.025 / s_b, 0.025 / s_b]), atol=2e-6, rtol=0)
+    assert B[0, 2] == 0 and B[0, 0] == pytest.approx(-(0.05 / (0.0707107 + 1e-6)), abs=1e-5)
+
+
+def test_per_polarity_batch_zero_variance_groups():
+    """zero_variance="skip": a group whose rewards are all equal gets 0 and is left out of the
+    batch statistics (as if dynamic sampling had dropped it); "shape": it is shaped and counted."""
+    r, h, m = _two_groups()
+    base = adv.gtpo(r, h, m, normalize="per_polarity_batch")
+    r3 = torch.cat([r, torch.ones(1, 4)])
+    h3 = torch.cat([h, torch.tensor([[[0.5], [4.0], [1.0], [2.0]]])])
+    m3 = torch.ones(3, 4, 1, dtype=torch.bool)
+    skip = adv.gtpo(r3, h3, m3, normalize="per_polarity_batch")
+    torch.testing.assert_close(skip[:2], base)
+    assert bool((skip[2] == 0).all())
+    shape = adv.gtpo(r3, h3, m3, normalize="per_polarity_batch", zero_variance="shape")
+    assert not torch.allclose(shape[:2], base) and bool((shape[2] != 0).any())
+    # one group: the batch is the group
+    torch.testing.assert_close(adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity_batch"),
+                               adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity"))
+    seq = adv.grpo_s(r, h, m, normalize="per_polarity_batch")
+    assert seq.shape == (2, 4, 1) and bool(torch.isfinite(seq).all())
+
+
+def test_registered_per_polarity_batch_variant():
+    from workbench import ALGORITHMS
+
+    r, h, m = _two_groups()
+    torch.testing.assert_close(ALGORITHMS["gtpo_per_polarity_batch"].advantages(r, h, m),
+                               adv.gtpo(r, h, m, normalize="per_polarity_batch"))

@@ -20,7 +20,8 @@ Decisions where the spec is silent (also in README):
   spec's ``-alpha1``; with extra reward terms (overlong or GROP penalties) it lets them act
   on failed responses too instead of being silently dropped.
 - ``zero_variance="skip"`` skips groups whose rewards are all equal (the same test as
-  GRPO's zero advantage and DAPO's dynamic sampling).
+  GRPO's zero advantage and DAPO's dynamic sampling): advantage 0, and no part in any
+  statistic (which matters for ``normalize="per_polarity_batch"``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from . import _checks
 
 EPS = 1e-6
 INV_ENTROPY_EPS = 1e-8
-NORMALIZE = ("joint", "per_polarity")
+NORMALIZE = ("joint", "per_polarity", "per_polarity_batch")
 ZERO_VARIANCE = ("skip", "shape")
 SCALES = ("group", "batch", "none")
 
@@ -129,17 +130,25 @@ def _zscore(values: torch.Tensor, sets: torch.Tensor, eps: float, dims: tuple[in
 
 
 def _normalize(shaped: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor, how: str, eps: float):
-    """Turn shaped rewards into advantages (the spec's "Advantage normalisation")."""
+    """Turn shaped rewards into advantages (the spec's "Advantage normalisation"): one z-score
+    per group (``joint``), one per group and polarity (``per_polarity``), or one per polarity
+    over every group of the batch (``per_polarity_batch``). ``valid`` holds the members that
+    count (a skipped zero-variance group has none, so it gets 0 and leaves the statistics alone)."""
     if how == "joint":
         return _zscore(shaped, valid, eps)
-    pos_sets = valid & positive
-    neg_sets = valid & ~positive
-    return _zscore(shaped, pos_sets, eps) + _zscore(shaped, neg_sets, eps)
+    dims = tuple(range(shaped.dim())) if how == "per_polarity_batch" else None
+    return _zscore(shaped, valid & positive, eps, dims) + _zscore(shaped, valid & ~positive, eps, dims)
 
 
 def _zero_variance_groups(r: torch.Tensor) -> torch.Tensor:
     """``[G]`` bool: groups whose rewards are all equal (no correctness signal)."""
     return (r.max(-1).values - r.min(-1).values) == 0
+
+
+def _skipped_groups(r: torch.Tensor, zero_variance: str) -> torch.Tensor:
+    """``[G]`` bool: the groups that get advantage 0 and stay out of every statistic."""
+    skip = _zero_variance_groups(r)
+    return skip if zero_variance == "skip" else torch.zeros_like(skip)
 
 
 def _entropy_weights(values: torch.Tensor, members: torch.Tensor, dim: int) -> torch.Tensor:
@@ -258,10 +267,25 @@ def gtpo(
 ) -> torch.Tensor:
     """GTPO token-specific advantages (Eq. 6) from the shaped rewards of :func:`shaped_rewards_gtpo`.
 
-    ``normalize="joint"`` (default): mean and std over all valid tokens of the group.
-    ``normalize="per_polarity"``: over the valid tokens of ``O+`` for ``O+`` and of ``O-``
-    for ``O-``. Groups whose rewards are all equal get 0 with ``zero_variance="skip"``
-    (default); ``"shape"`` shapes them anyway (study only).
+    Eq. 6 subtracts a mean and divides by a std; which set of shaped rewards they run over is
+    read in three ways, all offered:
+
+    - ``normalize="joint"`` (default, the workbench's reading): over all valid tokens of the
+      group, ``O+`` and ``O-`` together. Correct tokens stay positive and wrong ones negative
+      (GRPO's signal), reshaped within each side by entropy.
+    - ``normalize="per_polarity"``: per group, over the valid tokens of ``O+`` for ``O+`` and of
+      ``O-`` for ``O-`` (the reading of one public implementation, textpolicy's, and of the
+      others with ``norm_scope="group"``). Each side has mean 0: the entropy signal remains,
+      the correctness signal does not.
+    - ``normalize="per_polarity_batch"``: per polarity over every group of the batch: all valid
+      ``O+`` tokens of the batch for ``O+``, all ``O-`` tokens for ``O-`` (the reading of two of
+      the three public implementations, ``norm_scope="batch"``). The advantages then depend on
+      the other groups of the batch (several processes need ``rollout="replicated"``).
+
+    Groups whose rewards are all equal get 0 with ``zero_variance="skip"`` (default) and are
+    left out of the statistics (with ``per_polarity_batch`` they do not shift the batch's mean
+    and std: the same advantages as when dynamic sampling drops them); ``"shape"`` shapes them
+    and counts them (study only).
     """
     _checks.choice("normalize", normalize, NORMALIZE)
     _checks.choice("zero_variance", zero_variance, ZERO_VARIANCE)
@@ -271,10 +295,8 @@ def gtpo(
     r, m, h, batch_shape = _inputs(rewards, mask, entropies)
     shaped = _gtpo_shaped(r, m, h, alpha1, alpha2, threshold)
     positive = (r > threshold)[..., None].expand(m.shape)
-    adv = _normalize(shaped, m, positive, normalize, eps)
-    if zero_variance == "skip":
-        adv = torch.where(_zero_variance_groups(r)[:, None, None], torch.zeros_like(adv), adv)
-    return _finish(adv, m, batch_shape)
+    counted = m & ~_skipped_groups(r, zero_variance)[:, None, None]
+    return _finish(_normalize(shaped, counted, positive, normalize, eps), m, batch_shape)
 
 
 # ---------------------------------------------------------------------------- GRPO-S
@@ -336,9 +358,10 @@ def grpo_s(
 ) -> torch.Tensor:
     """GRPO-S advantages: sequence advantages of the shaped rewards, broadcast to tokens.
 
-    ``normalize="joint"`` (default): z-score over the group's ``n`` shaped rewards;
-    ``"per_polarity"``: over ``O+`` and ``O-`` separately. Constant over each response's
-    valid tokens. ``zero_variance`` as in :func:`gtpo`.
+    ``normalize="joint"`` (default, as every public implementation does for GRPO-S): z-score
+    over the group's ``n`` shaped rewards; ``"per_polarity"``: over ``O+`` and ``O-`` of the
+    group separately; ``"per_polarity_batch"``: over all ``O+`` (resp. ``O-``) responses of the
+    batch. Constant over each response's valid tokens. ``zero_variance`` as in :func:`gtpo`.
     """
     _checks.choice("normalize", normalize, NORMALIZE)
     _checks.choice("zero_variance", zero_variance, ZERO_VARIANCE)
@@ -347,8 +370,6 @@ def grpo_s(
     _checks.number("threshold", threshold)
     r, m, h, batch_shape = _inputs(rewards, mask, entropies)
     shaped = _grpo_s_shaped(r, m, h, beta1, beta2, threshold)
-    everyone = torch.ones_like(shaped, dtype=torch.bool)
-    adv = _normalize(shaped, everyone, r > threshold, normalize, eps)
-    if zero_variance == "skip":
-        adv = torch.where(_zero_variance_groups(r)[:, None], torch.zeros_like(adv), adv)
+    counted = ~_skipped_groups(r, zero_variance)[:, None].expand(shaped.shape)
+    adv = _normalize(shaped, counted, r > threshold, normalize, eps)
     return _finish(adv[..., None].expand(m.shape), m, batch_shape)

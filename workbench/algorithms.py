@@ -149,6 +149,9 @@ register_algorithm(Algorithm(
     "gtpo_per_polarity", adv.gtpo, uses_entropy=True, advantage_kwargs={"normalize": "per_polarity"}, **_DAPO_LOSS,
     description="GTPO with O+ and O- normalised separately (study variant)"))
 register_algorithm(Algorithm(
+    "gtpo_per_polarity_batch", adv.gtpo, uses_entropy=True, advantage_kwargs={"normalize": "per_polarity_batch"},
+    **_DAPO_LOSS, description="GTPO with O+ and O- normalised separately over the whole batch (study variant)"))
+register_algorithm(Algorithm(
     "grpo_s", adv.grpo_s, uses_entropy=True, level="sequence", **_DAPO_LOSS,
     description="GRPO-S: sequence-level entropy-weighted rewards, sequence-level ratio"))
 register_algorithm(Algorithm(
