@@ -10,6 +10,7 @@ collects console errors and page errors, and saves what renders under ``runs/bro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -45,6 +46,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _user_settings(root: Path) -> None:
+    """Render every cell (no windowing: a figure scrolled out of view is still drawn at its size) and
+    ask for no news (no internet here; its pop-up would cover figures in the screenshots)."""
+    settings = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+    }
+    for name, value in settings.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(value))
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """``(url, token, directory)`` of a JupyterLab serving a copy of the notebooks."""
@@ -54,6 +70,7 @@ def lab(tmp_path_factory):
     home = tmp_path_factory.mktemp("lab")
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         shutil.copy(nb, home / nb.name)
+    _user_settings(home / ".jupyter" / "lab" / "user-settings")
     port, token = _free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
@@ -118,16 +135,20 @@ def browser(lab):
 class Notebook:
     """One notebook open in a JupyterLab page: run it, read its outputs, watch the console."""
 
-    def __init__(self, browser, lab, name: str, *, width: int = 1400):
+    def __init__(self, browser, lab, name: str, *, width: int = 1400, height: int = 1000):
         from playwright.sync_api import TimeoutError
 
         self.name, self.url, self.token, self.home = name, *lab
-        self.page = browser.new_page(viewport={"width": width, "height": 1000})
+        self.page = browser.new_page(viewport={"width": width, "height": height})
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
         self.page.on("console", self._console)
-        self.page.goto(f"{self.url}/lab/tree/{name}?token={self.token}", wait_until="domcontentloaded")
-        self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        # a fresh workspace per page: JupyterLab would otherwise reopen the notebooks of earlier pages
+        workspace = f"check-{secrets.token_hex(4)}"
+        self.page.goto(
+            f"{self.url}/lab/workspaces/{workspace}/tree/{name}?token={self.token}&reset", wait_until="domcontentloaded"
+        )
+        self.page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=60_000)
         try:  # JupyterLab asks for a kernel when it cannot match the notebook's kernelspec
             self.page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select").click(timeout=3_000)
         except TimeoutError:
@@ -136,6 +157,8 @@ class Notebook:
             "() => window.jupyterapp && window.jupyterapp.commands.isEnabled('notebook:run-all-cells')", timeout=90_000
         )
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+        if self.page.locator("#jp-left-stack").is_visible():  # the file browser: give the notebook the width
+            self.command("application:toggle-left-area")
 
     def _console(self, msg) -> None:
         if msg.type == "error" and not any(p.search(msg.text) for p in BENIGN_CONSOLE):

@@ -192,6 +192,16 @@ def step_axis(fig: go.Figure, last_step: float, **where) -> None:
     fig.update_xaxes(tickmode="linear", tick0=0, dtick=dtick, tickformat="d", **where)
 
 
+def _value_range(panel: str) -> dict:
+    """Axis limits a metric cannot leave: shares within 0-100%, counts and norms from 0 (so a lone point or
+    a flat line at 0 is not drawn on an axis from -100% to 100%)."""
+    tickformat = METRIC_LABELS.get(panel, (None, None, None))[2]
+    if tickformat == ".0%":
+        return {"minallowed": 0, "maxallowed": 1}
+    nonnegative = ("entropy", "response_len_mean", "grad_norm", "approx_kl", "generated_tokens")
+    return {"minallowed": 0} if panel.removeprefix("eval ") in nonnegative else {}
+
+
 def _no_update_steps(run: RunData) -> list:
     m = run.metrics
     if "updated" in m.columns:
@@ -203,7 +213,7 @@ def _no_update_steps(run: RunData) -> list:
 
 def _mark_no_update(fig: go.Figure, runs: list[RunData], by: str, row: int, col: int) -> None:
     """Crosses on the step axis (y = 0) at steps where a run made no update (no group kept)."""
-    shown = False
+    shown = any(t.legendgroup == "no-update" and t.showlegend is not False for t in fig.data)
     for key in dict.fromkeys(r.key(by) for r in runs):
         steps = sorted({s for r in runs if r.key(by) == key for s in _no_update_steps(r)})
         if steps:
@@ -275,7 +285,7 @@ def training_curves(
     runs = as_runs(runs)
     by = by or ("group" if any(r.group for r in runs) else "algorithm")
     panels = _panels(runs, metrics, evals, by, smooth, band)
-    cols = min(cols, len(panels))
+    cols = 2 if len(panels) == 4 and cols >= 2 else min(cols, len(panels))  # 2 x 2 rather than 3 + 1
     rows = math.ceil(len(panels) / cols)
     fig = make_subplots(
         rows=rows,
@@ -303,7 +313,9 @@ def training_curves(
             )
             in_legend.add(key)
         label = METRIC_LABELS.get(panel, (panel, panel, None))
-        fig.update_yaxes(title_text=label[1], tickformat=label[2], row=row, col=col)
+        fig.update_yaxes(
+            title_text=label[1], tickformat=label[2], autorangeoptions=_value_range(panel), row=row, col=col
+        )
         fig.update_xaxes(title_text="step", row=row, col=col)
         if panel == "grad_norm":
             _mark_no_update(fig, runs, by, row, col)
@@ -321,7 +333,13 @@ def training_curves(
     last = max((float(np.nanmax(t.index)) for _, g in panels for t in g.values() if len(t)), default=1.0)
     step_axis(fig, last)
     height = 300 * rows + 140
-    legend = {"orientation": "h", "x": 0, "y": 1 + 42 / (height - 180), "yanchor": "bottom"}  # under the title
+    legend = {
+        "orientation": "h",
+        "x": 0,
+        "yref": "container",
+        "y": 1 - 46 / height,
+        "yanchor": "top",
+    }  # under the title
     return styled(fig, title=title or "Training curves", height=height).update_layout(
         hovermode="x unified",
         legend=legend,

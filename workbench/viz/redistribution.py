@@ -302,7 +302,11 @@ def redistribution_from_sample(
     tooltip has one advantage: the panel's)."""
     group = as_group(group)
     if title is None:
-        where = ", ".join(f"{k} {group.info[k]}" for k in ("source", "step", "group") if k in group.info)
+        where = ", ".join(
+            f"{name} {group.info[k]}"
+            for k, name in (("source", "run"), ("step", "step"), ("group", "group"))
+            if group.info.get(k) not in (None, "")
+        )
         title = "Per-token advantages" + (f" of a logged group ({where})" if where else "") + _settings(algo_kwargs)
     return _figure(group, algorithms, annotate, title, ranges, algo_kwargs)
 

@@ -12,7 +12,17 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .curves import METRIC_LABELS, _order, add_curve, aggregate_runs, population_note, run_series, step_axis
+from .curves import (
+    METRIC_LABELS,
+    _mark_no_update,
+    _order,
+    _value_range,
+    add_curve,
+    aggregate_runs,
+    population_note,
+    run_series,
+    step_axis,
+)
 from .sources import RunData, as_runs
 from .style import algorithm_color, display_name, styled
 
@@ -63,6 +73,30 @@ def stability_table(runs, *, final: str = "auto", window: int = 1, length_key: s
     return pd.DataFrame(rows)
 
 
+def _trajectories(
+    fig: go.Figure, runs: list[RunData], name: str, length: int, row: int, col: int, smooth: int, in_legend: set
+) -> None:
+    """One panel: ``name`` against step for one chain length, mean and min–max band per algorithm."""
+    curves = aggregate_runs(runs, name, smooth=smooth)
+    for algorithm, curve in sorted(curves.items(), key=lambda kv: _order(kv[0])):
+        add_curve(
+            fig,
+            curve,
+            name=display_name(algorithm),
+            color=algorithm_color(algorithm),
+            row=row,
+            col=col,
+            meta={"metric": name, "length": int(length), "group": algorithm},
+            showlegend=algorithm not in in_legend,
+            band=curve["runs"].max() > 1,
+        )
+        in_legend.add(algorithm)
+    if name == "grad_norm":
+        _mark_no_update(fig, runs, "algorithm", row, col)
+    step_axis(fig, max((float(c.index.max()) for c in curves.values()), default=1.0), row=row, col=col)
+    fig.update_yaxes(autorangeoptions=_value_range(name), row=row, col=col)
+
+
 def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) -> None:
     """Final accuracy per chain length on a categorical axis: one dot per seed, a dash for the mean,
     a grey diamond for the start (the warm start's evaluation at step 0)."""
@@ -75,6 +109,7 @@ def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) 
             name="start (step 0)",
             marker={"symbol": "diamond-open", "size": 11, "color": "#555", "line": {"width": 2}},
             offsetgroup="start",
+            legendrank=2000,
             meta={"kind": "start"},
             hovertemplate="chain of %{x}: start %{y:.1%}<extra></extra>",
         ),
@@ -147,33 +182,19 @@ def stability_figure(
     for col, length in enumerate(lengths, start=1):
         subset = [run for run in runs if _length(run, length_key) == length]
         for row, name in enumerate(metrics, start=1):
-            for algorithm, curve in sorted(
-                aggregate_runs(subset, name, smooth=smooth).items(), key=lambda kv: _order(kv[0])
-            ):
-                add_curve(
-                    fig,
-                    curve,
-                    name=display_name(algorithm),
-                    color=algorithm_color(algorithm),
-                    row=row,
-                    col=col,
-                    meta={"metric": name, "length": int(length), "group": algorithm},
-                    showlegend=algorithm not in in_legend,
-                    band=curve["runs"].max() > 1,
-                )
-                in_legend.add(algorithm)
+            _trajectories(fig, subset, name, length, row, col, smooth, in_legend)
             if col == 1:
                 fig.update_yaxes(title_text=METRIC_LABELS.get(name, (name, name))[1], row=row, col=col)
-            step_axis(
-                fig,
-                max(float(c.index.max()) for c in aggregate_runs(subset, name).values()) if subset else 1,
-                row=row,
-                col=col,
-            )
     _final_panel(fig, table, rows, in_legend)
     label = METRIC_LABELS.get(metric, (metric, metric, None))
     fig.update_xaxes(title_text="chain length (operations)", type="category", row=rows, col=1)
-    fig.update_yaxes(title_text=label[1], tickformat=label[2], row=rows, col=1)
+    fig.update_yaxes(
+        title_text=label[1],
+        tickformat=label[2],
+        row=rows,
+        col=1,
+        autorangeoptions={"minallowed": 0, "maxallowed": 1} if label[2] == ".0%" else None,
+    )
     fig.update_layout(scattermode="group")
     notes = [
         f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)

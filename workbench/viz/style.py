@@ -41,6 +41,7 @@ NAMES: dict[str, str] = {
     "dapo": "DAPO",
     "gtpo": "GTPO",
     "gtpo_per_polarity": "GTPO (per polarity)",
+    "gtpo_per_polarity_batch": "GTPO (per polarity, batch)",
     "grpo_s": "GRPO-S",
     "grpo_s_token": "GRPO-S (token loss)",
 }

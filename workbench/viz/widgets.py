@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 
 from ..advantages import NORMALIZE, ZERO_VARIANCE
 from ..algorithms import ALGORITHMS
-from .curves import training_curves
+from .curves import METRIC_LABELS, step_axis, training_curves
 from .highlight import token_highlight
 from .redistribution import (
     DEFAULT_ALGORITHMS,
@@ -33,7 +33,7 @@ from .redistribution import (
     synthetic_group,
 )
 from .sources import Group, as_group
-from .style import display_name, styled
+from .style import algorithm_color, display_name, styled
 
 __all__ = ["FigureView", "ShapingExplorer", "shaping_explorer", "RunLauncher", "run_launcher", "figure_bundle"]
 
@@ -130,7 +130,7 @@ class ShapingExplorer(_StaticFallback, widgets.VBox):
             control.observe(lambda _: self.update(new_group=True), names="value")
         self.update(new_group=True)
         text = [widgets.HTML(token_highlight(self.stored).to_html())] if self.stored is not None else []
-        toggles = {"style": {"description_width": "90px", "button_width": "110px"}}
+        toggles = {"style": {"description_width": "90px", "button_width": "150px"}}
         for toggle in (self.normalize, self.zero_variance):
             toggle.style = toggles["style"]
         super().__init__(
@@ -260,15 +260,26 @@ class RunLauncher(_StaticFallback, widgets.VBox):
         return self.compare.figure if self.compare.figure.data else self.live.figure
 
     def _live_figure(self) -> go.Figure:
+        labels = [METRIC_LABELS.get(m, (m, m, None)) for m in self.live_metrics]
         fig = make_subplots(
-            rows=1, cols=len(self.live_metrics), subplot_titles=self.live_metrics, horizontal_spacing=0.08
+            rows=1, cols=len(self.live_metrics), subplot_titles=[label[0] for label in labels], horizontal_spacing=0.1
         )
         steps = self._points.get("step", [])
-        for col, metric in enumerate(self.live_metrics, start=1):
+        for col, (metric, label) in enumerate(zip(self.live_metrics, labels), start=1):
             fig.add_trace(
-                go.Scatter(x=steps, y=self._points.get(metric, []), mode="lines+markers", name=metric), row=1, col=col
+                go.Scatter(
+                    x=steps,
+                    y=self._points.get(metric, []),
+                    mode="lines+markers",
+                    name=label[0],
+                    line={"color": algorithm_color(self.algorithm.value)},
+                ),
+                row=1,
+                col=col,
             )
-        fig.update_xaxes(title_text="step", tickformat="d", rangemode="tozero")
+            fig.update_yaxes(title_text=label[1], tickformat=label[2], row=1, col=col)
+        fig.update_xaxes(title_text="step")
+        step_axis(fig, max(steps, default=1))
         return styled(fig, title=f"live: {self.config_label()}", height=300).update_layout(showlegend=False)
 
     def config_label(self) -> str:

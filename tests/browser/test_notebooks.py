@@ -1,0 +1,58 @@
+"""Every tutorial notebook opened in JupyterLab and run there, as a reader does (fast size).
+
+Each notebook is run from JupyterLab's Run All command in headless Chromium; the check asserts
+that no cell shows an error or a warning block and that the browser console stayed clean, then
+saves a PNG of every figure, table and widget it rendered under ``runs/browser/<notebook>/`` for
+a person to look at. The executed notebook is saved as a reader would save it, and its size is
+checked (plotly figures are JSON rendered by JupyterLab's plotly extension, never plotly.js).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTEFACTS = ROOT / "runs" / "browser"
+NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+#: what renders as a figure: plotly plots, token-highlight views, tables of DataFrames, widgets
+FIGURES = ".js-plotly-plot, .wb-highlight, .jp-RenderedHTMLCommon table, .jupyter-widgets.widget-vbox"
+MAX_SAVED_BYTES = 5_000_000
+
+
+def _save_figures(nb) -> list[Path]:
+    saved = []
+    cells = nb.page.locator(".jp-Notebook .jp-CodeCell")
+    for i in range(cells.count()):
+        outputs = cells.nth(i).locator(".jp-OutputArea-output")
+        for j in range(outputs.count()):
+            output = outputs.nth(j)
+            if not output.evaluate("(e, sel) => e.matches(sel) || !!e.querySelector(sel)", FIGURES):
+                continue
+            output.scroll_into_view_if_needed()
+            nb.page.wait_for_timeout(200)
+            saved.append(nb.screenshot(f"cell{i + 1:02d}-{j + 1}", output))
+    return saved
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_jupyterlab(open_notebook, lab, name):
+    nb = open_notebook(name, height=2200)
+    nb.run_all(timeout=600)
+    tracebacks, warnings = nb.tracebacks(), nb.warnings()
+    saved = _save_figures(nb)
+    nb.command("docmanager:save")
+    nb.page.wait_for_timeout(1500)
+    nb.screenshot("page")
+    assert not tracebacks, "\n".join(tracebacks)[-3000:]
+    assert not warnings, f"warning blocks in {name}:\n" + "\n".join(warnings)[-3000:]
+    assert not nb.errors, f"browser console errors in {name}: {nb.errors}"
+    assert saved, f"no figure rendered in {name}"
+    stored = Path(lab[2]) / name
+    size = stored.stat().st_size
+    (ARTEFACTS / Path(name).stem / "saved_size.json").write_text(json.dumps({"bytes": size}))
+    assert size < MAX_SAVED_BYTES, f"{name} saved after Run All weighs {size / 1e6:.1f} MB"
