@@ -30,7 +30,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 __all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl",
-           "holds_run", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
+           "holds_run", "check_history", "check_run_dir", "prepare_run_dir", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
 
 LOCK_NAME = ".lock"  #: the run directory's lock file (kept when a run is overwritten)
 
@@ -53,6 +53,30 @@ def lock_run_dir(path) -> FileLock:
         raise RunInUseError(f"output_dir {str(path)!r} is in use by another run (it holds {LOCK_NAME}): wait for "
                             "that run to finish or stop it, or choose another output_dir") from None
     return lock
+
+
+def check_run_dir(path, *, resume: bool, overwrite: bool) -> None:
+    """Raise unless ``path`` suits the run: a resume needs a run there; a new run needs none,
+    or ``overwrite``."""
+    path = Path(path)
+    if resume and not holds_run(path):
+        raise FileNotFoundError(f"nothing to resume in {str(path)!r}: it holds no run")
+    if not resume and not overwrite and holds_run(path):
+        raise FileExistsError(f"output_dir {str(path)!r} already holds a run: resume it (resume=True), "
+                              "pass overwrite=True, or choose another output_dir")
+
+
+def prepare_run_dir(path, *, clear: bool, config: dict, task: dict) -> None:
+    """Set up run directory ``path`` for a run whose lock is held: an overwritten run's files
+    removed (``clear``), a killed run's temporary files removed, ``config.json`` and
+    ``task.json`` (the task's account of its data) written."""
+    path = Path(path)
+    if clear:
+        clear_run_dir(path)
+    remove_leftovers(path)
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.json", json.dumps(config, indent=2))
+    atomic_write_text(path / "task.json", json.dumps(task, indent=1))
 
 
 def clear_run_dir(path) -> None:
@@ -145,6 +169,23 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     if path.exists():
         rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
         atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+
+
+def check_history(path, step: int, eval_every: int) -> None:
+    """Warn when run ``path``'s history ends before the checkpoint at ``step`` being resumed (rows
+    lost or the files removed): the resumed run then has a gap there."""
+    path = Path(path)
+    expected = {"metrics.jsonl": step, "eval.jsonl": step // eval_every * eval_every}
+    for name, needed in expected.items():
+        file = path / name
+        if not file.exists():
+            warnings.warn(f"{file} is missing; the checkpoint is at step {step}: the resumed run's {name} "
+                          "starts after it", stacklevel=3)
+            continue
+        last = max((r.get("step", 0) for r in read_jsonl(file)), default=None)
+        if last is None or last < needed:
+            warnings.warn(f"{name} has rows up to step {last}, but the checkpoint is at step {step}: the rows in "
+                          f"between are lost (the resumed run continues after step {step})", stacklevel=3)
 
 
 def holds_run(path) -> bool:
