@@ -28,12 +28,34 @@ def _variants(dtype: str):
 
     t = DTYPES[dtype]
     block = 4096  # ts._block(V) for every vocabulary of 4096 tokens or more
-    fwd = {"z_ptr": f"*{t}", "z_stride": "i64", "tok_ptr": "*i64", "lse_ptr": "*fp32", "logp_ptr": "*fp32",
-           "ent_ptr": "*fp32", "V": "i32", "inv_temp": "fp32", "BLOCK": "constexpr"}
+    fwd = {
+        "z_ptr": f"*{t}",
+        "z_stride": "i64",
+        "tok_ptr": "*i64",
+        "lse_ptr": "*fp32",
+        "logp_ptr": "*fp32",
+        "ent_ptr": "*fp32",
+        "V": "i32",
+        "inv_temp": "fp32",
+        "BLOCK": "constexpr",
+    }
     yield "forward", ts._forward_kernel, fwd, {"BLOCK": block}
-    bwd = {"z_ptr": f"*{t}", "z_stride": "i64", "dz_ptr": f"*{t}", "dz_stride": "i64", "tok_ptr": "*i64",
-           "lse_ptr": "*fp32", "ent_ptr": "*fp32", "glogp_ptr": "*fp32", "gent_ptr": "*fp32", "V": "i32",
-           "inv_temp": "fp32", "HAS_GLOGP": "constexpr", "HAS_GENT": "constexpr", "BLOCK": "constexpr"}
+    bwd = {
+        "z_ptr": f"*{t}",
+        "z_stride": "i64",
+        "dz_ptr": f"*{t}",
+        "dz_stride": "i64",
+        "tok_ptr": "*i64",
+        "lse_ptr": "*fp32",
+        "ent_ptr": "*fp32",
+        "glogp_ptr": "*fp32",
+        "gent_ptr": "*fp32",
+        "V": "i32",
+        "inv_temp": "fp32",
+        "HAS_GLOGP": "constexpr",
+        "HAS_GENT": "constexpr",
+        "BLOCK": "constexpr",
+    }
     for glogp, gent in ((True, False), (True, True), (False, True)):
         name = "backward(" + "+".join(n for n, on in (("logp", glogp), ("entropy", gent)) if on) + ")"
         yield name, ts._backward_kernel, bwd, {"HAS_GLOGP": glogp, "HAS_GENT": gent, "BLOCK": block}
@@ -43,8 +65,9 @@ def _usage(cubin: bytes, tool: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     return {k.lower(): int(v) for k, v in fields.items()}
 
@@ -61,11 +84,20 @@ def measure(archs=(80, 90), dtypes=tuple(DTYPES)) -> list[dict]:
     for arch in archs:
         for dtype in dtypes:
             for name, fn, signature, constexprs in _variants(dtype):
-                kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                        target=GPUTarget("cuda", arch, 32),
-                                        options={"enable_fp_fusion": True})  # as the workbench launches them
-                rows.append({"arch": f"sm_{arch}", "kernel": name, "logits": dtype,
-                             **_usage(kernel.asm["cubin"], tool), "warps": kernel.metadata.num_warps})
+                kernel = triton.compile(
+                    ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                    target=GPUTarget("cuda", arch, 32),
+                    options={"enable_fp_fusion": True},
+                )  # as the workbench launches them
+                rows.append(
+                    {
+                        "arch": f"sm_{arch}",
+                        "kernel": name,
+                        "logits": dtype,
+                        **_usage(kernel.asm["cubin"], tool),
+                        "warps": kernel.metadata.num_warps,
+                    }
+                )
     return rows
 
 

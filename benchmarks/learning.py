@@ -31,17 +31,37 @@ def main(argv=None) -> pd.DataFrame:
     rows = []
     for name in args.algorithms.split(","):
         start = time.perf_counter()
-        run = train(dict(algorithm=name, steps=args.steps, seed=args.seed, lr=args.lr,
-                         prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                         eval_size=args.eval_size, eval_every=max(1, args.steps // 3), save_every=args.steps,
-                         output_dir=f"{args.out}/{name}-s{args.seed}"), overwrite=True, progress=False)
+        run = train(
+            dict(
+                algorithm=name,
+                steps=args.steps,
+                seed=args.seed,
+                lr=args.lr,
+                prompts_per_step=args.prompts_per_step,
+                group_size=args.group_size,
+                eval_size=args.eval_size,
+                eval_every=max(1, args.steps // 3),
+                save_every=args.steps,
+                output_dir=f"{args.out}/{name}-s{args.seed}",
+            ),
+            overwrite=True,
+            progress=False,
+        )
         ev = run.evals
         before, after = ev.iloc[0], ev.iloc[-1]
-        rows.append({"algorithm": name, "steps": args.steps, "greedy_before": before["greedy_accuracy"],
-                     "greedy_after": after["greedy_accuracy"], "best_greedy": ev["greedy_accuracy"].max(),
-                     "sampled_before": before["sampled_accuracy"], "sampled_after": after["sampled_accuracy"],
-                     "gain_points": 100 * (after["greedy_accuracy"] - before["greedy_accuracy"]),
-                     "seconds": round(time.perf_counter() - start, 1)})
+        rows.append(
+            {
+                "algorithm": name,
+                "steps": args.steps,
+                "greedy_before": before["greedy_accuracy"],
+                "greedy_after": after["greedy_accuracy"],
+                "best_greedy": ev["greedy_accuracy"].max(),
+                "sampled_before": before["sampled_accuracy"],
+                "sampled_after": after["sampled_accuracy"],
+                "gain_points": 100 * (after["greedy_accuracy"] - before["greedy_accuracy"]),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
     print()
@@ -52,6 +72,7 @@ def main(argv=None) -> pd.DataFrame:
 def _has_tabulate() -> bool:
     try:
         import tabulate  # noqa: F401
+
         return True
     except ImportError:
         return False

@@ -29,20 +29,48 @@ import time
 from pathlib import Path
 
 #: Qwen2.5-0.5B's shape (config.json of the public checkpoint), random weights.
-QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                  intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-                  tie_word_embeddings=True)
-SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=1024, vocab_size=32768, max_position_embeddings=4096, tie_word_embeddings=True)
-TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-            intermediate_size=64, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=True)
+QWEN25_05B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+)
+SMALL = dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=1024,
+    vocab_size=32768,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    vocab_size=512,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 
 # sweeps: (name, prompts per step, [(group size, response length), ...])
 GRIDS = {
     "smoke": dict(model=TINY, prompts=1, length=[(2, 8)], group=[(4, 8)]),
     "cpu": dict(model=SMALL, prompts=2, length=[(4, 64), (4, 256), (4, 1024)], group=[(4, 128), (16, 128), (64, 128)]),
-    "gpu": dict(model=QWEN25_05B, prompts=2, length=[(16, 64), (16, 256), (16, 1024), (16, 4096)],
-                group=[(4, 512), (16, 512), (64, 512)]),
+    "gpu": dict(
+        model=QWEN25_05B,
+        prompts=2,
+        length=[(16, 64), (16, 256), (16, 1024), (16, 4096)],
+        group=[(4, 512), (16, 512), (64, 512)],
+    ),
 }
 
 
@@ -70,8 +98,16 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, device: str,
-             gradient_checkpointing: bool, generation_cache: str = "dynamic") -> dict:
+def run_case(
+    model_dir: str,
+    prompts: int,
+    group: int,
+    length: int,
+    steps: int,
+    device: str,
+    gradient_checkpointing: bool,
+    generation_cache: str = "dynamic",
+) -> dict:
     """Train ``steps`` steps in this process (called in a subprocess); medians after the first."""
     import torch
 
@@ -79,11 +115,21 @@ def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, 
     from workbench.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model=model_dir, algorithm="grpo", dynamic_sampling=False, prompts_per_step=prompts,
-                             group_size=group, max_new_tokens=length, steps=steps, eval_size=1,
-                             gradient_checkpointing=gradient_checkpointing, generation_cache=generation_cache,
-                             device=device, output_dir=out,
-                             log_samples_every=10**6)
+        config = TrainConfig(
+            model=model_dir,
+            algorithm="grpo",
+            dynamic_sampling=False,
+            prompts_per_step=prompts,
+            group_size=group,
+            max_new_tokens=length,
+            steps=steps,
+            eval_size=1,
+            gradient_checkpointing=gradient_checkpointing,
+            generation_cache=generation_cache,
+            device=device,
+            output_dir=out,
+            log_samples_every=10**6,
+        )
         trainer = Trainer(config, progress=False)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -94,18 +140,20 @@ def run_case(model_dir: str, prompts: int, group: int, length: int, steps: int, 
             row["wall"] = time.perf_counter() - t0
             rows.append(row)
     timed = rows[1:] or rows
-    med = {k: statistics.median(r[k] for r in timed) for k in ("time_rollout", "time_update", "wall",
-                                                                 "generated_tokens")}
+    med = {
+        k: statistics.median(r[k] for r in timed) for k in ("time_rollout", "time_update", "wall", "generated_tokens")
+    }
     med["response_len_max"] = max(r["response_len_max"] for r in timed)
     med["peak_mb"] = _peak_mb(device)
     return med
 
 
 def measure(model_dir, prompts, group, length, steps, device, gradient_checkpointing, generation_cache) -> dict:
-    args = json.dumps([str(model_dir), prompts, group, length, steps, device, gradient_checkpointing,
-                       generation_cache])
-    code = (f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); from scaling import run_case; "
-            f"print(json.dumps(run_case(*json.loads({args!r}))))")
+    args = json.dumps([str(model_dir), prompts, group, length, steps, device, gradient_checkpointing, generation_cache])
+    code = (
+        f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); from scaling import run_case; "
+        f"print(json.dumps(run_case(*json.loads({args!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1]}
@@ -120,10 +168,20 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --grid gpu)")
     p.add_argument("--steps", type=int, default=3, help="steps per case; the first is not counted")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--generation-cache", choices=["dynamic", "static", "both"], default="dynamic",
-                   help="KV cache for the rollouts (static: preallocated, decode step compiled on CUDA); "
-                        "both: each case with each, and the static rollout time as a ratio of the dynamic one")
+    p.add_argument(
+        "--generation-cache",
+        choices=["dynamic", "static", "both"],
+        default="dynamic",
+        help="KV cache for the rollouts (static: preallocated, decode step compiled on CUDA); "
+        "both: each case with each, and the static rollout time as a ratio of the dynamic one",
+    )
     p.add_argument("--sweeps", nargs="+", choices=["length", "group"], default=["length", "group"])
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="leave out cases with more new tokens than this (a shorter run of a grid)",
+    )
     args = p.parse_args(argv)
     grid = GRIDS[args.grid]
     device = args.device or ("cuda" if args.grid == "gpu" else "cpu")
@@ -134,21 +192,45 @@ def main(argv=None):
         for sweep in args.sweeps:
             base = {}
             for group, length in grid[sweep]:
+                if args.max_length is not None and length > args.max_length:
+                    continue
                 for cache in caches:
-                    r = measure(model_dir, grid["prompts"], group, length, args.steps, device,
-                                args.gradient_checkpointing, cache)
-                    row = {"sweep": sweep, "cache": cache, "prompts": grid["prompts"], "group": group,
-                           "max_new_tokens": length}
+                    r = measure(
+                        model_dir,
+                        grid["prompts"],
+                        group,
+                        length,
+                        args.steps,
+                        device,
+                        args.gradient_checkpointing,
+                        cache,
+                    )
+                    row = {
+                        "sweep": sweep,
+                        "cache": cache,
+                        "prompts": grid["prompts"],
+                        "group": group,
+                        "max_new_tokens": length,
+                    }
                     if "error" in r:
                         rows.append({**row, "error": r["error"]})
                     else:
                         per_token = {k: r[k] / max(r["generated_tokens"], 1) for k in ("time_rollout", "time_update")}
                         first = base.setdefault(cache, per_token)
-                        rows.append({**row, "generated_tokens": int(r["generated_tokens"]),
-                                     "step_s": round(r["wall"], 3), "rollout_s": round(r["time_rollout"], 3),
-                                     "update_s": round(r["time_update"], 3), "peak_mb": round(r["peak_mb"]),
-                                     "rollout_per_token_vs_first": round(per_token["time_rollout"] / first["time_rollout"], 2),
-                                     "update_per_token_vs_first": round(per_token["time_update"] / first["time_update"], 2)})
+                        rows.append(
+                            {
+                                **row,
+                                "generated_tokens": int(r["generated_tokens"]),
+                                "step_s": round(r["wall"], 3),
+                                "rollout_s": round(r["time_rollout"], 3),
+                                "update_s": round(r["time_update"], 3),
+                                "peak_mb": round(r["peak_mb"]),
+                                "rollout_per_token_vs_first": round(
+                                    per_token["time_rollout"] / first["time_rollout"], 2
+                                ),
+                                "update_per_token_vs_first": round(per_token["time_update"] / first["time_update"], 2),
+                            }
+                        )
                         if cache == "static" and len(caches) == 2 and "rollout_s" in rows[-2]:
                             rows[-1]["rollout_static_vs_dynamic"] = round(r["time_rollout"] / rows[-2]["rollout_s"], 2)
                     print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)

@@ -90,17 +90,36 @@ def run_case(method: str, tokens: int, vocab: int, hidden: int, mode: str, devic
         once()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {"seconds": min(times), "peak_extra_mb": max(0, peak - base) / 2**20}
 
 
 def measure(method, tokens, vocab, hidden, mode, device, repeats) -> dict:
     args = json.dumps([method, tokens, vocab, hidden, mode, device, repeats])
-    code = f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); from token_stats import run_case; print(json.dumps(run_case(*json.loads({args!r}))))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); from token_stats import run_case; "
+        f"print(json.dumps(run_case(*json.loads({args!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         return {"seconds": float("nan"), "peak_extra_mb": float("nan"), "error": out.stderr.strip().splitlines()[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_here(method, tokens, vocab, hidden, mode, device, repeats) -> dict:
+    """:func:`run_case` in this process (CUDA), with the allocator emptied between cases."""
+    import torch
+
+    try:
+        return run_case(method, tokens, vocab, hidden, mode, device, repeats)
+    except Exception as e:  # e.g. out of memory: a row with the error, as a failed subprocess gives
+        return {"seconds": float("nan"), "peak_extra_mb": float("nan"), "error": f"{type(e).__name__}: {e}"[:200]}
+    finally:
+        torch.cuda.empty_cache()
 
 
 def main(argv=None):
@@ -110,8 +129,18 @@ def main(argv=None):
     p.add_argument("--grid", choices=sorted(GRIDS), default="cpu")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --grid gpu)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--max-naive-gb", type=float, default=8.0,
-                   help="skip cases whose naive float32 logits alone exceed this (CPU memory is 24 GB)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every case in this process (CUDA: peaks from max_memory_allocated stay per case; saves a "
+        "process start and CUDA set-up per case); CPU needs a process per case for its peak",
+    )
+    p.add_argument(
+        "--max-naive-gb",
+        type=float,
+        default=8.0,
+        help="skip cases whose naive float32 logits alone exceed this (CPU memory is 24 GB)",
+    )
     args = p.parse_args(argv)
     grid = GRIDS[args.grid]
     device = args.device or ("cuda" if args.grid == "gpu" else "cpu")
@@ -126,14 +155,25 @@ def main(argv=None):
                         continue  # a CPU backward at this size takes minutes per repeat
                     base = None
                     for method in METHODS if device == "cuda" else METHODS[:3]:
-                        r = measure(method, tokens, vocab, hidden, mode, device, args.repeats)
+                        if args.in_process and device == "cuda":
+                            r = measure_here(method, tokens, vocab, hidden, mode, device, args.repeats)
+                        else:
+                            r = measure(method, tokens, vocab, hidden, mode, device, args.repeats)
                         base = base or r
-                        rows.append({"mode": mode, "tokens": tokens, "vocab": vocab, "hidden": hidden,
-                                     "method": method, "seconds": round(r["seconds"], 4),
-                                     "peak_extra_mb": round(r["peak_extra_mb"], 1),
-                                     "time_vs_naive": round(r["seconds"] / base["seconds"], 2),
-                                     "memory_vs_naive": round(r["peak_extra_mb"] / max(base["peak_extra_mb"], 1e-9), 3),
-                                     **({"error": r["error"]} if "error" in r else {})})
+                        rows.append(
+                            {
+                                "mode": mode,
+                                "tokens": tokens,
+                                "vocab": vocab,
+                                "hidden": hidden,
+                                "method": method,
+                                "seconds": round(r["seconds"], 4),
+                                "peak_extra_mb": round(r["peak_extra_mb"], 1),
+                                "time_vs_naive": round(r["seconds"] / base["seconds"], 2),
+                                "memory_vs_naive": round(r["peak_extra_mb"] / max(base["peak_extra_mb"], 1e-9), 3),
+                                **({"error": r["error"]} if "error" in r else {}),
+                            }
+                        )
                         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
     print()
