@@ -16,6 +16,7 @@ import torch
 
 import workbench.checkpoints as checkpoints
 import workbench.trainer as trainer_mod
+from workbench.config import DEFAULT_INIT
 from workbench.models import load_model
 from workbench.runs import load_run
 from workbench.trainer import Trainer, resume, train, verify_checkpoint
@@ -125,7 +126,7 @@ def test_pickle_weights_are_refused(tmp_path):
 
 def test_trust_remote_code_warns(tmp_path):
     with pytest.warns(UserWarning, match="trust_remote_code=True"):
-        load_model(Path(trainer_mod.DEFAULT_INIT), trust_remote_code=True)
+        load_model(Path(DEFAULT_INIT), trust_remote_code=True)
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):

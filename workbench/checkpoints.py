@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -28,10 +29,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from . import distributed as dist
 from . import runs
 from .models import quiet_hub_bars
 
-__all__ = ["save_checkpoint", "verify_checkpoint", "intact_checkpoints", "checkpoint_name", "TIED_KEYS"]
+__all__ = ["save_checkpoint", "save_training", "restore_training", "verify_checkpoint", "intact_checkpoints",
+           "checkpoint_name", "TIED_KEYS"]
 
 TIED_KEYS = {"lm_head.weight"}  #: not saved when tied to the input embeddings
 
@@ -148,3 +151,44 @@ def _fsync_files(path: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def save_training(run_dir, step: int, *, model, unwrapped, tokenizer, optimizer, scheduler, meta: dict, keep: int,
+                  fsdp: bool, is_main: bool, fault=None) -> Path | None:
+    """Checkpoint a training run: weights, tokenizer, optimizer, scheduler and RNG states. Call it
+    on every process: under FSDP (``model`` sharded) they gather the full state together; the
+    main process writes it (the others return ``None``)."""
+    model_state = optim_state = None
+    if fsdp:  # full (unsharded) weights and optimizer state, on the main process's CPU
+        tied = TIED_KEYS if getattr(unwrapped.config, "tie_word_embeddings", False) else ()
+        model_state, optim_state = dist.full_state(model, optimizer, tied)
+    if not is_main:
+        return None
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    state = {"optimizer": optim_state if fsdp else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "cuda_rng": cuda_rng}
+    return save_checkpoint(run_dir, step, model=unwrapped, tokenizer=tokenizer, trainer_state=state, meta=meta,
+                           keep=keep, model_state=model_state, fault=fault)
+
+
+def restore_training(run_dir, *, model, unwrapped, optimizer, scheduler, fsdp: bool) -> dict | None:
+    """Load the newest intact checkpoint of the run into the model, optimizer, scheduler and RNGs;
+    return its ``checkpoint.json`` (``step`` and counters), or ``None`` when none was saved yet."""
+    found = next(intact_checkpoints(run_dir), None)
+    if found is None:
+        if runs.Run(Path(run_dir)).checkpoints():
+            raise RuntimeError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'} to resume from")
+        return None
+    ckpt, weights, state, meta = found
+    if fsdp:  # every process reads the full state and keeps its shards
+        missing, unexpected = dist.load_full_state(model, optimizer, weights, state["optimizer"])
+    else:
+        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - TIED_KEYS:
+        raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, unexpected {unexpected}")
+    if not fsdp:
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return meta

@@ -166,6 +166,18 @@ class TrainConfig:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")
 
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at ``step`` (0-based): linear warm-up over
+        ``warmup_steps``, then ``lr_schedule`` (constant, linear to 0, or cosine to 0 at ``steps``)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        if self.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
     # ------------------------------------------------------------------ resolution and I/O
 
     def resolved(self, name: str):
@@ -175,6 +187,14 @@ class TrainConfig:
             return value
         algo = ALGORITHMS[self.algorithm]
         return getattr(algo, name)
+
+    def resolved_algorithm(self):
+        """The registry's :class:`~workbench.algorithms.Algorithm` with this config's loss settings
+        and advantage options (the algorithm's own ``advantage_kwargs`` updated by the config's)."""
+        algo = ALGORITHMS[self.algorithm]
+        names = ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping")
+        kwargs = {**algo.advantage_kwargs, **self.advantage_kwargs}
+        return algo.replace(**{k: self.resolved(k) for k in names}, advantage_kwargs=kwargs)
 
     def to_dict(self, resolve: bool = True) -> dict:
         data = dataclasses.asdict(self)

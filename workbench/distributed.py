@@ -54,19 +54,17 @@ def share(total: int, rank: int, world: int) -> tuple[int, int]:
     return round(total * rank / world), round(total * (rank + 1) / world)
 
 
-def my_groups(batch, accelerator):
-    """This process's whole groups of a batch every process holds (a replicated rollout); a
-    process left without a group gets the first group as a stand-in at zero weight (``idle``),
-    so that it still joins every collective of the update."""
-    world = accelerator.num_processes
+def my_groups(batch, advantages: torch.Tensor, accelerator):
+    """This process's whole groups of a batch every process holds (a replicated rollout) and their
+    advantages; a process left without a group gets the first group as a stand-in at zero weight
+    (``idle``), so that it still joins every collective of the update."""
+    world, n = accelerator.num_processes, batch.group_size
     if world == 1:
-        return batch
+        return batch, advantages
     lo, hi = share(batch.groups, accelerator.process_index, world)
-    if lo == hi:
-        mine = batch.rows(0, 1)
-        mine.idle = True
-        return mine
-    return batch.rows(lo, hi)
+    mine = batch.rows(lo, hi) if hi > lo else batch.rows(0, 1)
+    mine.idle = hi == lo
+    return mine, advantages[lo * n : hi * n] if hi > lo else advantages[:n]
 
 
 def _reduce(accelerator, tensor: torch.Tensor, op: str) -> torch.Tensor:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -17,7 +18,7 @@ from .generation import Generated
 from .rewards import grop_penalty, overlong_penalty
 from .tasks import Example, Task
 
-__all__ = ["Group", "Batch", "Scored", "groups_from", "compute_rewards", "collate"]
+__all__ = ["Group", "Batch", "Scored", "groups_from", "compute_rewards", "collate", "check_overlong_budget"]
 
 
 @dataclass
@@ -85,6 +86,25 @@ def compute_rewards(task: Task, groups: list[Group], *, format_reward: float = 0
         if grop:
             rewards = rewards + grop_penalty(base[None], group.lengths[None])[0]
         group.rewards = rewards
+
+
+def check_overlong_budget(task: Task, tokenizer, max_new_tokens: int, cache_len: int) -> str | None:
+    """Warn when DAPO's overlong shaping would penalise correct worked solutions of ``task``
+    (tokenised with ``tokenizer``, plus the end token): the penalty starts after
+    ``max_new_tokens - cache_len`` tokens, and a correct answer there gets less reward than a
+    shorter one, which changes what the algorithms are compared on. Returns the warning, or
+    ``None`` when no worked solution is penalised."""
+    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for s in task.worked_solutions()]
+    start, longest = max_new_tokens - cache_len, max(lengths)
+    penalised = sum(length > start for length in lengths)
+    if not penalised:
+        return None
+    message = (f"overlong shaping penalises {penalised} of {len(lengths)} correct worked solutions of task "
+               f"{task.name!r} (up to {longest} tokens with the end token; the penalty starts after max_new_tokens - "
+               f"overlong_cache = {max_new_tokens} - {cache_len} = {start} tokens): raise max_new_tokens to at least "
+               f"{longest + cache_len}, lower overlong_cache, or set overlong_shaping=false")
+    warnings.warn(message, stacklevel=3)
+    return message
 
 
 @dataclass

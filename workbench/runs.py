@@ -30,7 +30,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 __all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl",
-           "holds_run", "check_history", "check_run_dir", "prepare_run_dir", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
+           "holds_run", "check_history", "open_run_dir", "check_run_dir", "prepare_run_dir", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
 
 LOCK_NAME = ".lock"  #: the run directory's lock file (kept when a run is overwritten)
 
@@ -77,6 +77,35 @@ def prepare_run_dir(path, *, clear: bool, config: dict, task: dict) -> None:
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / "config.json", json.dumps(config, indent=2))
     atomic_write_text(path / "task.json", json.dumps(task, indent=1))
+
+
+def open_run_dir(path, *, resume: bool, overwrite: bool, config: dict, task: dict, main: bool = True,
+                 agree=lambda ok: ok, barrier=lambda: None) -> FileLock | None:
+    """Start or resume a run in ``path``: take its lock (held for the life of the run; refused at
+    once while another run holds it), check it (:func:`check_run_dir`) and prepare it
+    (:func:`prepare_run_dir`); return the held lock. With several processes only the ``main`` one
+    locks and writes: ``agree(ok)`` gives every process its verdict, ``barrier()`` waits for it."""
+    path = Path(path)
+    if resume and not path.is_dir():
+        raise FileNotFoundError(f"nothing to resume in {str(path)!r}: it holds no run")
+    lock, problem = None, None
+    if main:
+        try:
+            lock = lock_run_dir(path)
+        except RunInUseError as e:
+            problem = str(e)
+    if not agree(problem is None):
+        raise RunInUseError(problem or f"output_dir {str(path)!r} is in use by another run")
+    try:
+        check_run_dir(path, resume=resume, overwrite=overwrite)
+        if main:
+            prepare_run_dir(path, clear=overwrite and not resume, config=config, task=task)
+        barrier()
+    except BaseException:
+        if lock is not None:
+            lock.release(force=True)
+        raise
+    return lock
 
 
 def clear_run_dir(path) -> None:

@@ -46,6 +46,10 @@ class Addition(Task):
             return None
         return (f"{a}+{b}=" for a in ops for b in ops)
 
+    def worked_solutions(self, n: int = 256) -> list[str]:
+        largest = self._operands[-1]  # 99...9 + 99...9: a carry out of every column, the longest solution
+        return super().worked_solutions(n) + [addition_solution(largest, largest)]
+
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"addition-{self.digits}-{split}-{seed}")
         lo, hi = self._operands[0], self._operands[-1]

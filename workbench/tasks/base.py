@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterable
@@ -43,6 +44,23 @@ class Task:
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         raise NotImplementedError
+
+    def held_out(self, n: int, seed: int) -> list[Example]:
+        """``n`` held-out problems for evaluation; when the held-out split has fewer than ``n``
+        distinct problems, the distinct ones drawn, with a warning naming ``eval_size`` (a
+        problem counted twice would weigh twice in the accuracy)."""
+        examples, size = self.generate("eval", n, seed), self.split_size("eval")
+        if size is not None and size < n:
+            examples = list({(e.prompt, e.answer): e for e in examples}.values())
+            warnings.warn(f"eval_size={n} is larger than the held-out split of task {self.name!r} ({size} distinct "
+                          f"problems): evaluating on {len(examples)} distinct ones (lower eval_size, or add problems)",
+                          stacklevel=2)
+        return examples
+
+    def worked_solutions(self, n: int = 256) -> list[str]:
+        """Worked solutions to check a response budget against: ``n`` of the training split's
+        (tasks that know their longest solution add it)."""
+        return [e.solution for e in self.generate("train", n, 0)]
 
     def describe(self) -> dict:
         """What a run records about its data (``task.json`` in the run directory): the split sizes

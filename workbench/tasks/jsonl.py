@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 from .base import SEPARATOR, Example, Task, in_eval_split, register_task
@@ -52,6 +53,11 @@ class JsonlTask(Task):
         self.path, self.lenient, self.eval_fraction, self.suffix = Path(path), lenient, eval_fraction, suffix
         self.skipped: list[tuple[int, str]] = []
         self.examples = self._load()
+        if self.skipped:
+            first = ", ".join(f"line {number}: {problem}" for number, problem in self.skipped[:3])
+            warnings.warn(f"{len(self.skipped)} malformed line(s) of {self.path} skipped (lenient=True): {first}"
+                          f"{', ...' if len(self.skipped) > 3 else ''} (a run lists them all in its task.json)",
+                          stacklevel=3)
         self.splits = {"train": [], "eval": []}
         for e in self.examples:
             self.splits["eval" if in_eval_split(e.prompt, eval_fraction) else "train"].append(e)
