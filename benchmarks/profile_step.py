@@ -312,7 +312,7 @@ def trainer_step_and_eval(args) -> dict:
             evals.append(time.perf_counter() - t)
         trainer_rows = {
             k: statistics.median(r.get(k, float("nan")) for r in rows)
-            for k in ("time_step", "time_rollout", "time_update", "generated_tokens")
+            for k in ("time_step", "time_rollout", "time_reward", "time_score", "time_update", "generated_tokens")
         }
         close = getattr(trainer, "close", None)
         if close:
@@ -352,8 +352,8 @@ def report(args, result: dict) -> None:
     )
     t = result["trainer_step_s"]
     print(
-        f"trainer.train_step: {t['time_step']:.3f} s (rollout {t['time_rollout']:.3f}, update "
-        f"{t['time_update']:.3f}, {t['generated_tokens']:.0f} tokens)"
+        f"trainer.train_step: {t['time_step']:.3f} s (rollout {t['time_rollout']:.3f}, reward {t['time_reward']:.3f}, "
+        f"score {t['time_score']:.3f}, update {t['time_update']:.3f}; {t['generated_tokens']:.0f} tokens)"
     )
     print(f"trainer.evaluate ({result['eval_size']} problems, greedy + sampled): {result['evaluation_s']:.3f} s")
     print(

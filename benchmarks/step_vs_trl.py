@@ -65,8 +65,10 @@ def ours(a, out: str) -> list[dict]:
     return [
         {
             "step": r["time_step"],
-            "rollout": r["time_rollout"] + r.get("time_score", 0.0),
-            "update": r["time_update"],
+            # TRL's rollout phase (_generate_and_score_completions) holds generation, rewards and any
+            # no-grad scoring pass; its update is forward, loss, backward, optimizer step
+            "rollout": r["time_rollout"] + r.get("time_reward", 0.0) + r.get("time_score", 0.0),
+            "update": r["time_update"] + r.get("time_advantage", 0.0),
             "tokens": r["generated_tokens"],
         }
         for r in rows
