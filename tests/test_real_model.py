@@ -134,6 +134,7 @@ def test_a_training_step_without_whole_logits(tmp_path, monkeypatch, smollm2):
         task="word_arithmetic",
         algorithm="gtpo",
         dynamic_sampling=False,
+        overlong_shaping=False,
         steps=1,
         prompts_per_step=2,
         group_size=4,
