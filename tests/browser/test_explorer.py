@@ -9,6 +9,7 @@ in the page: the number of row labels and the cell values.
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import nbformat
 import pytest
@@ -21,7 +22,7 @@ CELLS = [
 ]
 # what plotly drew: row labels of the first panel and the z values of every heatmap
 READ_FIGURE = """(cell) => {
-  const gd = cell.querySelector('.js-plotly-plot');
+  const gd = cell.querySelector('.widget-output .js-plotly-plot');
   if (!gd || !gd.data) return null;
   const ticks = gd.querySelector('.subplot.xy .yaxislayer-above');
   return {rows: ticks ? ticks.querySelectorAll('.ytick').length : 0,
@@ -29,11 +30,22 @@ READ_FIGURE = """(cell) => {
 }"""
 
 
-def _write_notebook(home) -> str:
+def _write_notebook(home, name: str = "explorer_check.ipynb") -> str:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, home / "explorer_check.ipynb")
-    return "explorer_check.ipynb"
+    nbformat.write(nb, home / name)
+    return name
+
+
+def _shut_down_kernels(lab, name: str) -> None:
+    """End the kernel sessions of notebook ``name`` through JupyterLab's REST API."""
+    url, token, _ = lab
+    with urllib.request.urlopen(f"{url}/api/sessions?token={token}") as response:
+        sessions = json.load(response)
+    for session in sessions:
+        if session["path"].endswith(name):
+            request = urllib.request.Request(f"{url}/api/sessions/{session['id']}?token={token}", method="DELETE")
+            urllib.request.urlopen(request).close()
 
 
 def _set_slider(cell, description: str, value) -> None:
@@ -64,16 +76,17 @@ def test_explorer_redraws_when_every_control_moves(open_notebook, lab):
     nb = open_notebook(_write_notebook(lab[2]))
     nb.run_all(timeout=120)
     cell = nb.page.locator(".jp-CodeCell").nth(1)
-    cell.locator(".js-plotly-plot").wait_for(timeout=30_000)
+    cell.locator(".widget-output .js-plotly-plot").wait_for(timeout=30_000)
     first = cell.evaluate(READ_FIGURE)
     assert first["rows"] == 8, first  # the default group size
+    assert cell.locator(".jp-RenderedPlotly:visible").count() == 1  # the live figure; its static copy is hidden
 
     steps = [
         ("n", lambda: _set_slider(cell, "n", 5), {"rows": 5}),
         ("T", lambda: _set_slider(cell, "T", 20), {"rows": 5}),
         ("n again", lambda: _set_slider(cell, "n", 12), {"rows": 12}),
         ("alpha2", lambda: _set_slider(cell, "alpha2", 0.5), {"rows": 12}),
-        ("normalize", lambda: cell.locator("button", has_text="per_polarity").click(), {"rows": 12}),
+        ("normalize", lambda: cell.locator("button[data-value='per_polarity']").click(), {"rows": 12}),
     ]
     seen = first
     for name, move, expected in steps:
@@ -86,3 +99,22 @@ def test_explorer_redraws_when_every_control_moves(open_notebook, lab):
     nb.screenshot("explorer-after-moves", cell)
     assert not nb.tracebacks() and not nb.warnings(), nb.tracebacks() + nb.warnings()
     assert not nb.errors, nb.errors
+
+
+def test_explorer_saved_and_reopened_without_its_kernel_shows_a_static_figure(open_notebook, lab):
+    """What a reader of a saved notebook sees: JupyterLab cannot render a widget whose kernel is gone."""
+    name = _write_notebook(lab[2], "explorer_saved.ipynb")
+    nb = open_notebook(name)
+    nb.run_all(timeout=120)
+    nb.command("docmanager:save")
+    nb.page.wait_for_timeout(1500)
+    nb.close()
+    _shut_down_kernels(lab, name)
+    size = (lab[2] / name).stat().st_size
+    assert size < 1_000_000, f"the saved notebook weighs {size} bytes"
+    reopened = open_notebook(name)
+    cell = reopened.page.locator(".jp-CodeCell").nth(1)
+    cell.locator(".jp-RenderedPlotly").first.wait_for(state="visible", timeout=30_000)
+    assert cell.locator(".widget-output").count() == 0  # the widget did not render: its kernel is gone
+    assert "children=" not in cell.locator(".jp-OutputArea").inner_text()
+    reopened.screenshot("explorer-reopened-without-kernel", cell)
