@@ -1,6 +1,8 @@
 """The RL trainer end to end on CPU with a tiny model: every algorithm, resume, bad input."""
 
+import copy
 import json
+import warnings
 import subprocess
 import sys
 
@@ -13,14 +15,37 @@ from workbench.config import TrainConfig
 from workbench.runs import load_run
 from workbench.trainer import Trainer, resume, train
 
-TINY = dict(model="tiny", model_params={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                        "num_key_value_heads": 2, "intermediate_size": 64},
-            prompts_per_step=3, group_size=4, max_new_tokens=12, eval_size=8, eval_every=2, save_every=2,
-            log_samples_every=1, lr=1e-3)
+TINY = dict(
+    model="tiny",
+    model_params={
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+    },
+    prompts_per_step=3,
+    group_size=4,
+    max_new_tokens=12,
+    eval_size=8,
+    eval_every=2,
+    save_every=2,
+    log_samples_every=1,
+    lr=1e-3,
+)
 
 
-WARM = dict(model="default", prompts_per_step=3, group_size=4, max_new_tokens=16, eval_size=8, eval_every=2,
-            save_every=2, log_samples_every=1, lr=1e-3)
+WARM = dict(
+    model="default",
+    prompts_per_step=3,
+    group_size=4,
+    max_new_tokens=16,
+    eval_size=8,
+    eval_every=2,
+    save_every=2,
+    log_samples_every=1,
+    lr=1e-3,
+)
 
 
 def cfg(tmp_path, **kw):
@@ -34,8 +59,10 @@ def warm(tmp_path, **kw):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gtpo", "grpo_s"])
 def test_each_algorithm_trains_end_to_end(tmp_path, algorithm):
-    trainer = Trainer(warm(tmp_path, algorithm=algorithm, steps=2, dynamic_sampling=False, ppo_epochs=2,
-                          minibatches=2), progress=False)
+    trainer = Trainer(
+        warm(tmp_path, algorithm=algorithm, steps=2, dynamic_sampling=False, ppo_epochs=2, minibatches=2),
+        progress=False,
+    )
     before = {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()}
     run = trainer.train()
     m = run.metrics
@@ -75,6 +102,7 @@ def test_resume_after_kill_drops_rows_past_the_checkpoint(tmp_path):
     assert list(run.metrics["step"]) == [1, 2, 3]
     # simulate a crash after step 3's metrics row but before its checkpoint
     import shutil
+
     shutil.rmtree(run.path / "checkpoints" / "step_000003")
     (run.path / "checkpoints" / "latest").write_text("step_000003")
     resumed = resume(run.path, progress=False)
@@ -87,7 +115,9 @@ def test_dynamic_sampling_drops_zero_variance_groups(tmp_path):
     row = run.metrics.iloc[0]
     assert row["sampling_rounds"] == 2 and row["groups"] == 0 and row["frac_zero_std"] == 1.0
     # from the warm start some groups are mixed: only those are kept
-    run = train(warm(tmp_path / "w", algorithm="dapo", steps=1, prompts_per_step=4, max_sampling_rounds=3), progress=False)
+    run = train(
+        warm(tmp_path / "w", algorithm="dapo", steps=1, prompts_per_step=4, max_sampling_rounds=3), progress=False
+    )
     row = run.metrics.iloc[0]
     assert 1 <= row["groups"] <= 4 and 0 < row["frac_zero_std"] < 1
     assert all(0 < sum(r["correct"] for r in s["responses"]) < 4 for s in run.samples)
@@ -95,9 +125,30 @@ def test_dynamic_sampling_drops_zero_variance_groups(tmp_path):
 
 def test_cli_train_smoke(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
-           json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
-           "--max-new-tokens", "6", "--eval-size", "4", "--algorithm", "grpo_s", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "train",
+        "--model",
+        "tiny",
+        "--model-params",
+        json.dumps(TINY["model_params"]),
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--eval-size",
+        "4",
+        "--algorithm",
+        "grpo_s",
+        "--output-dir",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(load_run(out).metrics) == 1
@@ -139,8 +190,10 @@ def test_format_prompts_uses_a_chat_template_only_when_present():
     assert format_prompts(tok, ["1+2="]) == ["1+2="]  # no template: prompts unchanged
     with pytest.raises(ValueError, match="no chat template"):
         format_prompts(tok, ["1+2="], chat_template=True)
-    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}" \
-                        "{% if add_generation_prompt %}<a>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}"
+    )
     assert format_prompts(tok, ["1+2="]) == ["<user>1+2=<a>"]
     assert format_prompts(tok, ["1+2="], chat_template=False) == ["1+2="]
 
@@ -151,8 +204,9 @@ def test_fused_on_policy_update_equals_the_two_pass_update(tmp_path, algorithm):
     # micro_batch_size=B: a separate scoring pass, then the update (one micro-batch of all rows)
     B = 3 * 4
     fused = Trainer(warm(tmp_path / "a", algorithm=algorithm, dynamic_sampling=False), progress=False)
-    twopass = Trainer(warm(tmp_path / "b", algorithm=algorithm, dynamic_sampling=False, micro_batch_size=B),
-                      progress=False)
+    twopass = Trainer(
+        warm(tmp_path / "b", algorithm=algorithm, dynamic_sampling=False, micro_batch_size=B), progress=False
+    )
     assert fused.fused_update and not twopass.fused_update
     grads = {}
     for name, trainer in (("fused", fused), ("twopass", twopass)):  # the gradient each optimizer step sees
@@ -176,8 +230,10 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     """Recomputing activations in the backward changes memory, not the numbers."""
     rows = {}
     for flag in (False, True):
-        trainer = Trainer(warm(tmp_path / str(flag), algorithm="gtpo", dynamic_sampling=False,
-                               gradient_checkpointing=flag), progress=False)
+        trainer = Trainer(
+            warm(tmp_path / str(flag), algorithm="gtpo", dynamic_sampling=False, gradient_checkpointing=flag),
+            progress=False,
+        )
         layers = trainer.unwrapped.model.layers
         assert all(layer.gradient_checkpointing == flag for layer in layers) and len(layers) > 0
         rows[flag] = trainer.train_step(1)
@@ -200,12 +256,21 @@ def test_each_minibatch_is_normalised_by_its_own_tokens(tmp_path, monkeypatch, m
         return real(logp_new, logp_old, advantages, mask, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "policy_loss", spy)
-    trainer = Trainer(warm(tmp_path, algorithm="dapo", dynamic_sampling=False, minibatches=3, ppo_epochs=2,
-                           micro_batch_size=micro_batch_size), progress=False)
+    trainer = Trainer(
+        warm(
+            tmp_path,
+            algorithm="dapo",
+            dynamic_sampling=False,
+            minibatches=3,
+            ppo_epochs=2,
+            micro_batch_size=micro_batch_size,
+        ),
+        progress=False,
+    )
     trainer.train_step(1)
     per_mb = 1 if micro_batch_size == 0 else 2  # 12 rows in 3 mini-batches of 4, micro-batches of 2
     assert len(calls) == 3 * 2 * per_mb
-    minibatches = [calls[i:i + per_mb] for i in range(0, len(calls), per_mb)]
+    minibatches = [calls[i : i + per_mb] for i in range(0, len(calls), per_mb)]
     for mb in minibatches:
         tokens = sum(t for t, _ in mb)
         assert all(d == tokens for _, d in mb), mb
@@ -217,12 +282,17 @@ def test_reward_timeouts_are_counted_in_the_metrics(tmp_path, monkeypatch):
     import workbench.tasks.jsonl as jsonl_mod
 
     data = tmp_path / "t.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
-                            for a in range(10) for b in range(10)))
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(10) for b in range(10)
+        )
+    )
     calls = []
     monkeypatch.setattr(jsonl_mod, "verify", lambda gold, answer, timeout: calls.append(answer) or (False, True))
-    run = train(warm(tmp_path, algorithm="grpo", task="jsonl", task_params={"path": str(data)}, steps=1,
-                     eval_every=10), progress=False)
+    run = train(
+        warm(tmp_path, algorithm="grpo", task="jsonl", task_params={"path": str(data)}, steps=1, eval_every=10),
+        progress=False,
+    )
     row = run.metrics.iloc[0]
     samples = run.samples[0]["responses"]
     assert row["reward_timeouts"] > 0 and row["reward_timeouts"] + run.evals["reward_timeouts"].sum() == len(calls)
@@ -234,10 +304,32 @@ def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
     good = [json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) for a in range(10) for b in range(10)]
     data.write_text("\n".join(good[:5] + ['{"question": "x"}', "not json"] + good[5:]) + "\n")
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
-           json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
-           "--max-new-tokens", "6", "--eval-size", "4", "--task", "jsonl", "--task-params",
-           json.dumps({"path": str(data), "lenient": True}), "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "train",
+        "--model",
+        "tiny",
+        "--model-params",
+        json.dumps(TINY["model_params"]),
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--eval-size",
+        "4",
+        "--task",
+        "jsonl",
+        "--task-params",
+        json.dumps({"path": str(data), "lenient": True}),
+        "--output-dir",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "skipped 2 malformed line(s)" in res.stdout and "line 6: missing field 'answer'" in res.stderr
@@ -247,23 +339,45 @@ def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
 
 
 def test_cli_errors_are_one_line_with_the_traceback_behind_debug(tmp_path):
-    base = [sys.executable, "-m", "workbench", "train", "--model", "tiny", "--model-params",
-            json.dumps(TINY["model_params"]), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
-            "--max-new-tokens", "6", "--eval-size", "4", "--output-dir", str(tmp_path / "run")]
-    cases = [(["--model", "/no/such/model"], "/no/such/model"),
-             (["--advantage-kwargs", '{"alpha3": 1}'], "alpha3"),
-             (["--task", "jsonl", "--task-params", json.dumps({"path": str(tmp_path / "missing.jsonl")})],
-              "missing.jsonl")]
+    base = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "train",
+        "--model",
+        "tiny",
+        "--model-params",
+        json.dumps(TINY["model_params"]),
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--eval-size",
+        "4",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
+    cases = [
+        (["--model", "/no/such/model"], "/no/such/model"),
+        (["--advantage-kwargs", '{"alpha3": 1}'], "alpha3"),
+        (["--task", "jsonl", "--task-params", json.dumps({"path": str(tmp_path / "missing.jsonl")})], "missing.jsonl"),
+    ]
     for extra, needle in cases:
         res = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
         lines = [line for line in res.stderr.splitlines() if line.strip()]
-        assert res.returncode == 1 and len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, \
+        assert res.returncode == 1 and len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, (
             res.stderr[-2000:]
+        )
         assert lines[0].startswith("error: ") and "--debug" in lines[0]
     res = subprocess.run(base + ["--model", "/no/such/model", "--debug"], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "Traceback" in res.stderr and "/no/such/model" in res.stderr
-    res = subprocess.run(base[:3] + ["--debug"] + base[3:] + ["--model", "/no/such/model"], capture_output=True,
-                         text=True, timeout=300)  # --debug before the command works too
+    res = subprocess.run(
+        base[:3] + ["--debug"] + base[3:] + ["--model", "/no/such/model"], capture_output=True, text=True, timeout=300
+    )  # --debug before the command works too
     assert res.returncode != 0 and "Traceback" in res.stderr
 
 
@@ -279,3 +393,79 @@ def test_trainer_passes_the_constant_length_and_the_dual_clip(tmp_path, monkeypa
     assert seen[0]["agg"] == "seq-mean-token-sum-norm" and 0 <= row["clip_frac_dual"] <= 1
     with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
         TrainConfig(clip_ratio_c=0.5)
+
+
+def test_metrics_cover_every_sampled_group_with_the_kept_ones_beside(tmp_path, monkeypatch):
+    """With dynamic sampling, reward, accuracy, length and entropy are measured over every sampled
+    group (as for GRPO), the kept-group values under *_kept; the entropy of the dropped groups
+    comes from a scoring pass, checked here against one independent pass over all groups."""
+    from workbench.entropy import token_stats_from_model
+    from workbench.rollout import collate
+
+    trainer = Trainer(warm(tmp_path, algorithm="dapo", prompts_per_step=4, max_sampling_rounds=3), progress=False)
+    seen = []
+    real = trainer.compute_rewards
+    monkeypatch.setattr(trainer, "compute_rewards", lambda groups: (real(groups), seen.extend(groups)))
+    before = copy.deepcopy(trainer.unwrapped).eval()  # the behaviour policy (the step updates the model)
+    row = trainer.train_step(1)
+    kept = [g for g in seen if g.informative][:4]
+    assert row["groups_sampled"] == len(seen) > row["groups"] == len(kept) > 0  # some groups were dropped
+    correct = torch.cat([g.correct for g in seen]).float()
+    assert row["accuracy"] == pytest.approx(float(correct.mean()))
+    assert row["accuracy_kept"] == pytest.approx(float(torch.cat([g.correct for g in kept]).float().mean()))
+    assert row["reward"] == pytest.approx(float(torch.cat([g.rewards for g in seen]).mean()), rel=1e-6)
+    assert row["response_len_mean"] == pytest.approx(float(torch.cat([g.lengths for g in seen]).float().mean()))
+    assert row["response_len_max"] == max(int(g.lengths.max()) for g in seen) and row["updated"] is True
+    for key, groups in (("entropy", seen), ("entropy_kept", kept)):
+        b = collate(groups, trainer.tokenizer.pad_token_id, "cpu")
+        with torch.no_grad():
+            _, ent = token_stats_from_model(
+                before,
+                b.input_ids,
+                b.attention_mask,
+                response_len=b.response_mask.shape[1],
+                response_mask=b.response_mask,
+            )
+        assert row[key] == pytest.approx(float(ent[b.response_mask].mean()), rel=1e-4), key
+    assert row["entropy_kept"] != pytest.approx(row["entropy"])
+    # without dynamic sampling every sampled group is kept: the two columns agree
+    plain = Trainer(warm(tmp_path / "plain", algorithm="grpo"), progress=False).train_step(1)
+    for key in ("reward", "accuracy", "response_len_mean", "entropy"):
+        assert plain[key] == pytest.approx(plain[f"{key}_kept"], rel=1e-6), key
+
+
+def test_a_step_that_keeps_no_group_still_logs_a_row(tmp_path):
+    """A fresh tiny model is never right: dynamic sampling keeps nothing. Every step still has a
+    row, with what was sampled (entropy included) and updated = false, and no update columns."""
+    run = train(cfg(tmp_path, algorithm="dapo", steps=2, max_sampling_rounds=2), progress=False)
+    m = run.metrics
+    assert list(m["step"]) == [1, 2] and not m["updated"].any() and (m["groups"] == 0).all()
+    assert (m["entropy"] > 0).all() and (m["accuracy"] == 0).all() and (m["groups_sampled"] == 6).all()
+    assert "grad_norm" not in m and "entropy_kept" not in m
+    from workbench.metrics import METRIC_COLUMNS
+
+    assert set(m.columns) <= set(METRIC_COLUMNS)
+
+
+def test_overlong_shaping_warns_when_it_penalises_worked_solutions(tmp_path):
+    """3-digit addition's worked solutions take up to 13 tokens with the end token: with
+    max_new_tokens=16 and DAPO's cache of 4 the longest are penalised; the default budget is not."""
+    with pytest.warns(UserWarning, match=r"penalises \d+ of 257 correct worked solutions.*at least 17"):
+        Trainer(warm(tmp_path / "a", algorithm="dapo", max_new_tokens=16), progress=False).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer({"output_dir": str(tmp_path / "b")}, progress=False).close()  # the default config
+    assert TrainConfig().max_new_tokens - TrainConfig().overlong_cache >= 13
+
+
+def test_eval_size_larger_than_the_held_out_split(tmp_path):
+    data = tmp_path / "t.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(8) for b in range(8))
+    )
+    from workbench.tasks import get_task
+
+    held_out = get_task("jsonl", path=str(data)).split_size("eval")
+    with pytest.warns(UserWarning, match=rf"eval_size=40 is larger than the held-out split.*\({held_out} distinct"):
+        run = train(cfg(tmp_path, task="jsonl", task_params={"path": str(data)}, eval_size=40, steps=1), progress=False)
+    assert list(run.evals["problems"]) == [held_out, held_out] and held_out < 40

@@ -52,7 +52,7 @@ class TrainConfig:
     steps: int = 200
     prompts_per_step: int = 16
     group_size: int = 8
-    max_new_tokens: int = 16
+    max_new_tokens: int = 20
     temperature: float = 1.0
     top_p: float = 1.0
     generation_cache: str = "dynamic"  #: dynamic (prompt computed once per group) | static (compiled decode on CUDA)

@@ -141,6 +141,9 @@ class Trainer:
                 sampled, rounds = sampled + groups, rounds + 1
                 kept += [g for g in groups if g.informative or not dynamic]
             kept = kept[: hi - lo]
+            with timer("score"):  # the entropies of the sampled groups the update will not use, before it
+                unused = [g for g in sampled if not any(g is k for k in kept)]
+                entropy = self.runner.entropy_sums(self.unwrapped, unused, sampled[0])
             batch, kept_sums = self._batch(kept, sampled), None
             if batch is not None:
                 with timer("update" if self.fused_update else "score"):  # the fused update's forward is update time
@@ -152,12 +155,8 @@ class Trainer:
                     batch, advantages = dist.my_groups(batch, advantages, self.accelerator)
                 with timer("update"):
                     update = self.update(batch, advantages, step)
-            with timer("score"):  # the entropies of the sampled groups the update did not use
-                used = kept if batch is not None else []
-                unused = [g for g in sampled if not any(g is u for u in used)]
-                entropy = self.runner.entropy_sums(self.unwrapped, unused, sampled[0])
-                local = stats.step_sums(sampled, used, kept_sums, entropy, self.task.timeouts - timeouts)
             self._scheduler_step()
+        local = stats.step_sums(sampled, kept, kept_sums, entropy, self.task.timeouts - timeouts)
         longest = max(int(g.lengths.max()) for g in sampled)
         longest = dist.max_over_processes(self.accelerator, longest) if self.sharded_rollout else longest
         row = {"step": step, "updated": math.isfinite(update.get("grad_norm", math.nan))}
