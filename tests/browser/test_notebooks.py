@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTEFACTS = ROOT / "runs" / "browser"
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: what renders as a figure: plotly plots, token-highlight views, tables of DataFrames, widgets
-FIGURES = ".js-plotly-plot, .wb-highlight, .jp-RenderedHTMLCommon table, .jupyter-widgets.widget-vbox"
+FIGURES = (
+    ".jp-RenderedPlotly, .js-plotly-plot, .wb-highlight, .jp-RenderedHTMLCommon table, .jupyter-widgets.widget-vbox"
+)
 MAX_SAVED_BYTES = 5_000_000
 
 

@@ -5,8 +5,8 @@ can set a control and read the figure back. Figures are plain ``plotly`` figures
 :class:`FigureView` (an ``ipywidgets.Output``) and replaced as a whole on every change: plotly's
 ``FigureWidget`` updated in place stops redrawing in the browser when the number of rows changes,
 sends NaN (which JSON cannot carry) and stores plotly.js in the notebook with every figure.
-Displayed, each widget also carries its current figure as plotly JSON and a one-line text, so a
-notebook read without a kernel shows a static figure instead of the widget's ``repr``.
+Displayed, each widget is followed by a static copy of its figure (plotly JSON), hidden while the
+widget runs, so a notebook read without a kernel shows a figure instead of the widget's ``repr``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ from .redistribution import (
 from .sources import Group, as_group
 from .style import algorithm_color, display_name, styled
 
-__all__ = ["FigureView", "ShapingExplorer", "shaping_explorer", "RunLauncher", "run_launcher", "figure_bundle"]
+__all__ = [
+    "FigureView",
+    "ShapingExplorer",
+    "shaping_explorer",
+    "RunLauncher",
+    "run_launcher",
+    "figure_bundle",
+    "LIVE_MARKER",
+]
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
@@ -60,9 +68,20 @@ class FigureView(widgets.Output):
         self.outputs = ({"output_type": "display_data", "data": figure_bundle(fig), "metadata": {}},)
 
 
+#: Shown inside a live widget: hides the static copy of its figure displayed just after it (JupyterLab's
+#: output areas). Without a kernel the widget cannot render, so the static figure stays visible. (After, not
+#: before: a plotly output above a widget whose figure is replaced makes JupyterLab's plotly renderer throw.)
+LIVE_MARKER = (
+    '<span class="wb-live"></span>'
+    "<style>.jp-OutputArea-child:has(.wb-live) + .jp-OutputArea-child {display: none}</style>"
+)
+
+
 class _StaticFallback:
-    """Adds the widget's current figure and a one-line description to its display data: what a
-    reader without a kernel (a stored notebook, an exported page) sees in place of the controls."""
+    """Displays a widget as two outputs: the widget, then a static copy of its figure (plotly JSON)
+    that the widget's :data:`LIVE_MARKER` hides while a kernel runs it. A reader without a kernel (a
+    saved notebook reopened, an exported page) sees the figure, and a sentence instead of the
+    widget's ``repr``."""
 
     _description = "widget"
 
@@ -71,11 +90,17 @@ class _StaticFallback:
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)
-        fig = self._static_figure()
-        if fig is not None and fig.data:
-            bundle[PLOTLY_MIME] = json.loads(fig.to_json())
         bundle["text/plain"] = f"{self._description} (its controls need a live kernel)"
         return bundle
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        fig = self._static_figure()
+        if fig is not None and fig.data:
+            note = f"{self._description}: a static copy of its figure (hidden while the widget runs)"
+            display({**figure_bundle(fig), "text/plain": note}, raw=True)
 
 
 _SLIDER = {"continuous_update": False, "style": {"description_width": "60px"}}
@@ -145,6 +170,7 @@ class ShapingExplorer(_StaticFallback, widgets.VBox):
                 widgets.HBox([self.normalize, self.zero_variance]),
                 self.view,
                 *text,
+                widgets.HTML(LIVE_MARKER),
             ],
             layout={"width": "100%"},
         )
@@ -252,6 +278,7 @@ class RunLauncher(_StaticFallback, widgets.VBox):
                 self.output,
                 widgets.HBox([self.runs, self.refresh_button]),
                 self.compare,
+                widgets.HTML(LIVE_MARKER),
             ],
             layout={"width": "100%"},
         )
