@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import warnings
 import subprocess
 import sys
@@ -469,3 +470,45 @@ def test_eval_size_larger_than_the_held_out_split(tmp_path):
     with pytest.warns(UserWarning, match=rf"eval_size=40 is larger than the held-out split.*\({held_out} distinct"):
         run = train(cfg(tmp_path, task="jsonl", task_params={"path": str(data)}, eval_size=40, steps=1), progress=False)
     assert list(run.evals["problems"]) == [held_out, held_out] and held_out < 40
+
+
+def test_train_help_shows_every_option_with_its_meaning_default_and_choices():
+    """The help comes from the config fields' own documentation, so the two cannot drift."""
+    import dataclasses
+    import re
+
+    from workbench import ALGORITHMS
+    from workbench.losses import AGGREGATIONS, LEVELS
+
+    env = {**os.environ, "COLUMNS": "2000"}  # no wrapping inside the words (argparse breaks at hyphens)
+    res = subprocess.run([sys.executable, "-m", "workbench", "train", "--help"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in text, f.name
+        assert " ".join(f.metadata["help"].split()) in text, f.name
+        assert re.search(rf"--{f.name.replace('_', '-')} \S+ .*?\(default: ", text), f.name
+    for name in (*ALGORITHMS, *AGGREGATIONS, *LEVELS, "cosine", "fsdp", "replicated"):
+        assert name in text, name
+    assert "(default: 20)" in text and "token-mean" in TrainConfig.describe("agg")
+    assert "grpo: 0.2" in TrainConfig.describe("eps_high") and "0.28" in TrainConfig.describe("eps_high")
+
+
+def test_convert_gguf_command_calls_the_converter(tmp_path, monkeypatch, capsys):
+    import workbench.models
+    from workbench.cli import main
+
+    calls = []
+    monkeypatch.setattr(workbench.models, "convert_gguf", lambda file, out_dir: calls.append((file, out_dir)) or
+                        tmp_path / "out", raising=False)
+    assert main(["convert-gguf", "model.gguf", str(tmp_path / "out")]) == 0
+    assert calls == [("model.gguf", str(tmp_path / "out"))] and str(tmp_path / "out") in capsys.readouterr().out
+
+    def broken(file, out_dir):
+        raise FileNotFoundError(f"no GGUF file at {file}")
+
+    monkeypatch.setattr(workbench.models, "convert_gguf", broken, raising=False)
+    assert main(["convert-gguf", "missing.gguf", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: FileNotFoundError: no GGUF file at missing.gguf") and "\n" not in err

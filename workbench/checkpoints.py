@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from safetensors.torch import load_file
 
 from . import distributed as dist
@@ -153,12 +154,12 @@ def _fsync_files(path: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_training(run_dir, step: int, *, model, unwrapped, tokenizer, optimizer, scheduler, meta: dict, keep: int,
-                  fsdp: bool, is_main: bool, fault=None) -> Path | None:
+def save_training(run_dir, step: int, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int, fsdp: bool,
+                  is_main: bool, fault=None) -> Path | None:
     """Checkpoint a training run: weights, tokenizer, optimizer, scheduler and RNG states. Call it
     on every process: under FSDP (``model`` sharded) they gather the full state together; the
-    main process writes it (the others return ``None``)."""
-    model_state = optim_state = None
+    main process writes it (the others return ``None``). ``model`` may be wrapped (DDP)."""
+    unwrapped, model_state, optim_state = extract_model_from_parallel(model), None, None
     if fsdp:  # full (unsharded) weights and optimizer state, on the main process's CPU
         tied = TIED_KEYS if getattr(unwrapped.config, "tie_word_embeddings", False) else ()
         model_state, optim_state = dist.full_state(model, optimizer, tied)
@@ -171,9 +172,11 @@ def save_training(run_dir, step: int, *, model, unwrapped, tokenizer, optimizer,
                            keep=keep, model_state=model_state, fault=fault)
 
 
-def restore_training(run_dir, *, model, unwrapped, optimizer, scheduler, fsdp: bool) -> dict | None:
-    """Load the newest intact checkpoint of the run into the model, optimizer, scheduler and RNGs;
-    return its ``checkpoint.json`` (``step`` and counters), or ``None`` when none was saved yet."""
+def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dict | None:
+    """Load the newest intact checkpoint of the run into the model (which may be wrapped: DDP),
+    optimizer, scheduler and RNGs; return its ``checkpoint.json`` (``step`` and counters), or
+    ``None`` when none was saved yet."""
+    unwrapped = extract_model_from_parallel(model)
     found = next(intact_checkpoints(run_dir), None)
     if found is None:
         if runs.Run(Path(run_dir)).checkpoints():

@@ -1,4 +1,8 @@
-"""Command line: ``python -m workbench <command>`` (also the ``workbench`` console script)."""
+"""Command line: ``python -m workbench <command>`` (also the ``workbench`` console script).
+
+An error is one line on stderr and exit code 1; ``--debug`` (before or after the command) or
+``WORKBENCH_DEBUG=1`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +40,12 @@ def _train(args) -> int:
         run = train({**base, **overrides}, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch the main process reports
         return 0
-    metrics, evals = run.metrics, run.evals
     print(f"run directory: {run.path}")
     task_info = json.loads((run.path / "task.json").read_text()) if (run.path / "task.json").exists() else {}
     if task_info.get("skipped_lines"):
         print(f"skipped {task_info['skipped_lines']} malformed line(s) of {task_info.get('path')} (lenient=True; "
               f"listed in {run.path / 'task.json'})")
+    evals = run.evals
     if len(evals):
         print(evals.to_string(index=False))
     return 0
@@ -50,8 +54,9 @@ def _train(args) -> int:
 def _warmstart(args) -> int:
     from .warmstart import warm_start
 
-    kwargs = {k: v for k, v in vars(args).items() if k in ("task", "seed", "target_accuracy", "max_steps", "out",
-                                                            "eval_size", "eval_every", "init", "batch_size", "lr")}
+    names = ("task", "seed", "target_accuracy", "max_steps", "out", "eval_size", "eval_every", "init", "batch_size",
+             "lr")
+    kwargs = {k: v for k, v in vars(args).items() if k in names}
     kwargs["task_params"] = json.loads(args.task_params)
     if kwargs["out"] is None:
         del kwargs["out"]
@@ -73,25 +78,41 @@ def _study(args) -> int:
     return 0
 
 
+def _convert_gguf(args) -> int:
+    from .models import convert_gguf
+
+    print(f"wrote {convert_gguf(args.file, args.out_dir)}")
+    return 0
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One ``--field`` option per TrainConfig field (dict fields take JSON)."""
+    """One ``--field`` option per TrainConfig field, its help from the field's own documentation
+    (meaning, default, choices: :meth:`TrainConfig.describe`); dict fields take JSON. Values are
+    checked by the config itself, so a bad one gets the config's one-line error."""
     import dataclasses
 
     from .config import TrainConfig
 
+    group = parser.add_argument_group("training options (TrainConfig fields; unset: the config file's or default)")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
+        flag, kind, help = "--" + f.name.replace("_", "-"), str(f.type), TrainConfig.describe(f.name).replace("%", "%%")
         if kind.startswith("dict"):
-            parser.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON")
+            group.add_argument(flag, dest=f.name, type=_json_object, default=None, metavar="JSON", help=help)
         elif kind.startswith("bool"):
-            parser.add_argument(flag, dest=f.name, type=_parse_bool, default=None, metavar="true|false")
-        elif kind.startswith("int"):
-            parser.add_argument(flag, dest=f.name, type=int, default=None)
-        elif kind.startswith("float"):
-            parser.add_argument(flag, dest=f.name, type=float, default=None)
+            group.add_argument(flag, dest=f.name, type=_parse_bool, default=None, metavar="true|false", help=help)
         else:
-            parser.add_argument(flag, dest=f.name, type=str, default=None)
+            kind = int if kind.startswith("int") else float if kind.startswith("float") else str
+            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _parse_bool(text: str) -> bool:
@@ -118,33 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser
 
-    def add_parser(name, **kwargs):
-        return add(name, parents=[common], **kwargs)
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
 
-    sub.add_parser = add_parser
-    p = sub.add_parser("demo", help="print GRPO vs DAPO vs GTPO vs GRPO-S advantages for a toy group")
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser("train", help="train with GRPO, DAPO, GTPO, GRPO-S, ... (see TrainConfig)")
+    command("demo", _demo, "print GRPO vs DAPO vs GTPO vs GRPO-S advantages for a toy group")
+    p = command("train", _train, "train with GRPO, DAPO, GTPO, GRPO-S, ... (every TrainConfig field is an option)")
     p.add_argument("--config", help="a JSON file of TrainConfig fields (options below override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last intact checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing (not running) run in output_dir")
     _add_config_options(p)
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("study", help="run a grid of algorithms x seeds x settings (resumable) and summarise it")
+    p = command("study", _study, "run a grid of algorithms x seeds x settings (resumable) and summarise it")
     p.add_argument("--root", required=True, help="directory of the study (runs/ and results.csv)")
-    p.add_argument("--algorithms", default="grpo,dapo,gtpo,grpo_s")
-    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--algorithms", default="grpo,dapo,gtpo,grpo_s", help="comma-separated registry names")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     p.add_argument("--setting", action="append", default=[], metavar="JSON",
                    help='TrainConfig overrides of one setting, e.g. \'{"task": "chain", "task_params": {"steps": 8}}\' '
                         "(repeat for several)")
     _add_config_options(p)
-    p.set_defaults(func=_study)
 
-    p = sub.add_parser("warmstart", help="supervised warm start of the tiny model (rebuilds the shipped checkpoint)")
+    p = command("warmstart", _warmstart, "supervised warm start of the tiny model (rebuilds the shipped checkpoint)")
     p.add_argument("--task", default="addition")
     p.add_argument("--task-params", default="{}", metavar="JSON")
     p.add_argument("--seed", type=int, default=0)
@@ -155,10 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=25, help="SFT steps between accuracy checks")
     p.add_argument("--eval-size", type=int, default=256, help="held-out problems per accuracy check")
     p.add_argument("--init", default=None, metavar="DIR",
-                   help="continue from this local checkpoint (e.g. a warm start on shorter chains) instead of a fresh model")
+                   help="continue from this local checkpoint (e.g. a warm start on shorter chains) instead of a "
+                        "fresh model")
     p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path); "
                    "an interrupted warm start resumes when called again with the same arguments")
-    p.set_defaults(func=_warmstart)
+
+    p = command("convert-gguf", _convert_gguf, "convert a GGUF model file into a safetensors checkpoint directory")
+    p.add_argument("file", help="the .gguf file (or a name workbench.models.load_model resolves to one)")
+    p.add_argument("out_dir", help="the checkpoint directory to write")
     return parser
 
 
@@ -187,7 +208,7 @@ def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or "(no message)"
     if isinstance(error, KeyError):  # its str() is the quoted key
         text = f"missing key {text}"
-    return f"{type(error).__name__}: {text}" if not isinstance(error, (ValueError, TypeError)) else text
+    return text if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: {text}"
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -13,8 +13,27 @@ from .losses import AGGREGATIONS, LEVELS
 
 __all__ = ["TrainConfig", "DEFAULT_INIT"]
 
+#: Fields whose ``None`` means "the algorithm's own value" (resolved from the registry).
+_ALGORITHM_DEFAULTS = ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping")
+
 #: The shipped warm-start checkpoint (``python -m workbench warmstart`` rebuilds it).
 DEFAULT_INIT = str(Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "addition-warmstart")
+
+
+def _show(value) -> str:
+    """A default as a command-line user types it (JSON for dicts, true/false, none)."""
+    if value is None:
+        return "none"
+    return json.dumps(value) if isinstance(value, (bool, dict)) else str(value)
+
+
+def _field(default=None, help: str = "", *, choices: tuple | None = None, factory=None):
+    """A config field with its documentation (``help``, shown by ``python -m workbench train
+    --help`` and :meth:`TrainConfig.describe`) and, for a closed set of values, its ``choices``."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -22,66 +41,83 @@ class TrainConfig:
     """Everything a run needs; every field is checked when the config is built.
 
     ``None`` for a loss or sampling field means "the algorithm's default" (see
-    :data:`workbench.ALGORITHMS`); the resolved values are written to ``config.json``.
+    :data:`workbench.ALGORITHMS`); the resolved values are written to ``config.json``. Each
+    field's meaning is in its ``help`` metadata (:meth:`describe`, ``train --help``).
     """
 
     # what to train
-    algorithm: str = "gtpo"  #: registry name: grpo, dapo, gtpo, grpo_s, ...
-    task: str = "addition"  #: task name (workbench.tasks)
-    task_params: dict = field(default_factory=dict)  #: e.g. {"digits": 3}; {"steps": 16} for chain
-    model: str = "default"  #: "default" (shipped warm start), "tiny" (fresh tiny model) or a local path
-    model_params: dict = field(default_factory=dict)  #: Qwen2Config overrides for model="tiny"
-    trust_remote_code: bool = False
-    chat_template: bool | None = None  #: wrap prompts in the tokenizer's chat template (None: when it has one)
+    algorithm: str = _field("gtpo", "RL algorithm: a name in the registry (workbench.ALGORITHMS)")
+    task: str = _field("addition", "verifiable task (workbench.tasks)")
+    task_params: dict = _field(help='the task\'s parameters, e.g. {"digits": 3}, {"steps": 16} for chain, '
+                                    '{"path": "data.jsonl", "lenient": true} for jsonl', factory=dict)
+    model: str = _field("default", "'default' (the shipped warm start), 'tiny' (a fresh 1 M-parameter model), a "
+                                   "local checkpoint directory, or another source workbench.models.load_model reads")
+    model_params: dict = _field(help="Qwen2Config overrides for model='tiny', e.g. {\"hidden_size\": 64}",
+                                factory=dict)
+    trust_remote_code: bool = _field(False, "run code shipped with a local checkpoint (off unless asked)")
+    chat_template: bool | None = _field(None, "wrap prompts in the tokenizer's chat template (None: when it has one)")
     # algorithm knobs (None: the algorithm's default)
-    advantage_kwargs: dict = field(default_factory=dict)  #: e.g. {"alpha2": 0.2, "normalize": "per_polarity"}
-    eps_low: float | None = None
-    eps_high: float | None = None
-    agg: str | None = None
-    level: str | None = None
-    beta_kl: float | None = None  #: > 0 keeps a frozen reference model for the k3 KL penalty
-    entropy_coef: float = 0.0
-    clip_ratio_c: float | None = None  #: verl's dual clip (e.g. 3.0): negative-advantage losses capped at -A*c; None: off
-    dynamic_sampling: bool | None = None
-    max_sampling_rounds: int = 3  #: cap on rollout rounds per step with dynamic sampling
-    overlong_shaping: bool | None = None
-    overlong_cache: int = 4  #: DAPO's L_cache, in tokens (L_max = max_new_tokens)
-    grop: bool = False  #: add the GROP length penalty to the rewards
-    format_reward: float = 0.0  #: weight of the task's format reward term
+    advantage_kwargs: dict = _field(help='options of the advantage function, e.g. {"alpha2": 0.2, "normalize": '
+                                         '"per_polarity"} (checked against its signature)', factory=dict)
+    eps_low: float | None = _field(None, "lower clip range of the ratio: clip(rho, 1 - eps_low, 1 + eps_high)")
+    eps_high: float | None = _field(None, "upper clip range of the ratio (clip-higher when > eps_low)")
+    agg: str | None = _field(None, "loss aggregation over tokens and responses", choices=AGGREGATIONS)
+    level: str | None = _field(None, "importance ratio per token, or per response (GRPO-S's Eq. 10-11)",
+                               choices=LEVELS)
+    beta_kl: float | None = _field(None, "weight of the k3 KL penalty to a frozen reference model (0: none)")
+    entropy_coef: float = _field(0.0, "weight of the entropy bonus (aggregated like the loss, as in verl)")
+    clip_ratio_c: float | None = _field(None, "verl's dual clip, e.g. 3.0: the loss of a token with negative "
+                                              "advantage is capped at -A * clip_ratio_c (None: off)")
+    dynamic_sampling: bool | None = _field(None, "drop groups whose rewards are all equal and sample more (DAPO)")
+    max_sampling_rounds: int = _field(3, "cap on sampling rounds per step with dynamic sampling")
+    overlong_shaping: bool | None = _field(None, "DAPO's soft overlong penalty on responses longer than "
+                                                 "max_new_tokens - overlong_cache")
+    overlong_cache: int = _field(4, "DAPO's L_cache in tokens: the penalty ramps from 0 to -1 over the last "
+                                    "overlong_cache tokens of max_new_tokens")
+    grop: bool = _field(False, "add the paper's GROP group-relative length penalty (Appendix D) to the rewards")
+    format_reward: float = _field(0.0, "weight of the task's format reward term")
     # rollout
-    steps: int = 200
-    prompts_per_step: int = 16
-    group_size: int = 8
-    max_new_tokens: int = 20
-    temperature: float = 1.0
-    top_p: float = 1.0
-    generation_cache: str = "dynamic"  #: dynamic (prompt computed once per group) | static (compiled decode on CUDA)
+    steps: int = _field(200, "RL steps")
+    prompts_per_step: int = _field(16, "prompts sampled per step (per sampling round)")
+    group_size: int = _field(8, "responses sampled per prompt (n)")
+    max_new_tokens: int = _field(20, "response budget in tokens (also L_max of overlong shaping and Dr. GRPO's "
+                                     "constant length)")
+    temperature: float = _field(1.0, "sampling temperature (entropies and log-probs are taken at it too)")
+    top_p: float = _field(1.0, "nucleus sampling threshold (1: off)")
+    generation_cache: str = _field("dynamic", "KV cache of generation: dynamic (each prompt computed once per "
+                                              "group) or static (compiled decode on CUDA)", choices=("dynamic", "static"))
     # update
-    lr: float = 2e-4
-    lr_schedule: str = "constant"  #: constant | linear | cosine
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    ppo_epochs: int = 1
-    minibatches: int = 1  #: optimizer steps per epoch (the rollout batch is split)
-    micro_batch_size: int = 0  #: sequences per forward/backward; 0 = the whole mini-batch
-    max_bad_steps: int = 5  #: consecutive non-finite steps before the run stops
-    gradient_checkpointing: bool = False  #: recompute activations in the backward (larger models, less memory)
+    lr: float = _field(2e-4, "AdamW learning rate")
+    lr_schedule: str = _field("constant", "learning-rate schedule after warm-up", choices=("constant", "linear",
+                                                                                            "cosine"))
+    warmup_steps: int = _field(0, "steps of linear learning-rate warm-up")
+    weight_decay: float = _field(0.0, "AdamW weight decay")
+    max_grad_norm: float = _field(1.0, "gradient clipping norm")
+    ppo_epochs: int = _field(1, "passes over each rollout batch")
+    minibatches: int = _field(1, "optimizer steps per epoch (the rollout batch is split)")
+    micro_batch_size: int = _field(0, "sequences per forward/backward (gradients accumulate); 0: the whole "
+                                      "mini-batch")
+    max_bad_steps: int = _field(5, "consecutive non-finite updates before the run stops")
+    gradient_checkpointing: bool = _field(False, "recompute activations in the backward (less memory, same numbers)")
     # logging, evaluation, checkpoints
-    eval_every: int = 50
-    eval_size: int = 128
-    log_groups: int = 2  #: rollout groups written to samples.jsonl
-    log_samples_every: int = 10
-    save_every: int = 50
-    keep_checkpoints: int = 2
+    eval_every: int = _field(50, "steps between held-out evaluations (and at the last step)")
+    eval_size: int = _field(128, "held-out problems per evaluation (at most the task's held-out split)")
+    log_groups: int = _field(2, "rollout groups written to samples.jsonl when samples are logged")
+    log_samples_every: int = _field(10, "steps between logged samples (and step 1)")
+    save_every: int = _field(50, "steps between checkpoints (and at the last step)")
+    keep_checkpoints: int = _field(2, "newest checkpoints kept")
     # system
-    seed: int = 0
-    output_dir: str = "runs/run"
-    device: str = "auto"  #: auto | cpu | cuda
-    mixed_precision: str = "auto"  #: auto (bf16 on GPU) | no | bf16 | fp16
+    seed: int = _field(0, "random seed (sampling, prompts, mini-batch order)")
+    output_dir: str = _field("runs/run", "the run directory")
+    device: str = _field("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    mixed_precision: str = _field("auto", "auto (bf16 on a GPU), no, bf16 or fp16", choices=("auto", "no", "bf16",
+                                                                                              "fp16"))
     # several processes (torchrun / accelerate launch); ignored by a single process
-    parallel: str = "ddp"  #: ddp (a model replica per process) | fsdp (parameters, gradients, optimizer sharded)
-    rollout: str = "sharded"  #: sharded (each process samples its share of the prompts) | replicated
+    parallel: str = _field("ddp", "several processes: ddp (a model replica per process) or fsdp (parameters, "
+                                  "gradients and optimizer state sharded)", choices=("ddp", "fsdp"))
+    rollout: str = _field("sharded", "several processes: sharded (each samples its share of the prompts) or "
+                                     "replicated (each samples the whole batch: the one-process run, number for "
+                                     "number)", choices=("sharded", "replicated"))
 
     def __post_init__(self):
         self.validate()
@@ -131,19 +167,13 @@ class TrainConfig:
         lo, hi = self.resolved("eps_low"), self.resolved("eps_high")
         if hi < lo:
             raise ValueError(f"eps_high ({hi}) must be >= eps_low ({lo}): clip-higher widens the upper bound")
-        if self.agg is not None and self.agg not in AGGREGATIONS:
-            raise ValueError(f"agg must be one of {AGGREGATIONS}, got {self.agg!r}")
-        if self.level is not None and self.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
         if self.overlong_cache > self.max_new_tokens:
             raise ValueError(f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})")
-        choices = {"lr_schedule": ("constant", "linear", "cosine"), "device": ("auto", "cpu", "cuda"),
-                   "mixed_precision": ("auto", "no", "bf16", "fp16"), "parallel": ("ddp", "fsdp"),
-                   "generation_cache": ("dynamic", "static"),
-                   "rollout": ("sharded", "replicated")}
-        for name, options in choices.items():
-            if getattr(self, name) not in options:
-                raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
+        for name in ("agg", "level", "generation_cache", "lr_schedule", "device", "mixed_precision", "parallel",
+                     "rollout"):
+            options, value = self.choices(name), getattr(self, name)
+            if value is not None and value not in options:
+                raise ValueError(f"{name} must be one of {options}, got {value!r}")
         if self.model not in ("default", "tiny"):
             from .models import check_model_source
 
@@ -151,6 +181,35 @@ class TrainConfig:
         ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
+
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        """The values field ``name`` takes, when a closed set (algorithms and tasks: the registries)."""
+        if name == "algorithm":
+            return tuple(sorted(ALGORITHMS))
+        if name == "task":
+            from .tasks import TASKS
+
+            return tuple(sorted(TASKS))
+        return {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}[name]
+
+    @classmethod
+    def describe(cls, name: str) -> str:
+        """Field ``name``'s documentation: meaning, default and choices (as ``train --help`` shows)."""
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        text = f.metadata["help"]
+        if default is None and name in _ALGORITHM_DEFAULTS:
+            values = {}
+            for algo in sorted(ALGORITHMS):
+                values.setdefault(getattr(ALGORITHMS[algo], name), []).append(algo)
+            per_algo = "; ".join(f"{', '.join(names)}: {_show(value)}" for value, names in values.items())
+            text += f" (default: the algorithm's own: {per_algo})" if len(values) > 1 else \
+                f" (default: the algorithm's own: {_show(next(iter(values)))} for every registered one)"
+        else:
+            text += f" (default: {_show(default)})"
+        options = cls.choices(name)
+        return text + (f" (choices: {', '.join(options)})" if options else "")
 
     @staticmethod
     def _check_type(name, value, annotation) -> None:
@@ -192,14 +251,13 @@ class TrainConfig:
         """The registry's :class:`~workbench.algorithms.Algorithm` with this config's loss settings
         and advantage options (the algorithm's own ``advantage_kwargs`` updated by the config's)."""
         algo = ALGORITHMS[self.algorithm]
-        names = ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping")
         kwargs = {**algo.advantage_kwargs, **self.advantage_kwargs}
-        return algo.replace(**{k: self.resolved(k) for k in names}, advantage_kwargs=kwargs)
+        return algo.replace(**{k: self.resolved(k) for k in _ALGORITHM_DEFAULTS}, advantage_kwargs=kwargs)
 
     def to_dict(self, resolve: bool = True) -> dict:
         data = dataclasses.asdict(self)
         if resolve:
-            for name in ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping"):
+            for name in _ALGORITHM_DEFAULTS:
                 data[name] = self.resolved(name)
         return data
 

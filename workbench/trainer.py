@@ -4,15 +4,10 @@ Each step (:meth:`Trainer.train_step`) reads as the algorithm::
 
     rollout -> rewards -> (keep informative groups) -> score -> advantages -> update -> log
 
-It samples ``prompts_per_step`` prompts, ``group_size`` responses each (``transformers``
-generation: KV cache, temperature sampling, stop at end-of-sequence); scores every response once
-(:func:`workbench.rollout.compute_rewards`); with DAPO's dynamic sampling, samples more rounds
-until enough groups have differing rewards; records the behaviour policy's log-probabilities and
-entropies (a no-grad pass, or the update's own forward when there is one on-policy update per
-batch); turns rewards into advantages with the chosen algorithm; and runs PPO-style epochs over
-mini-batches. Several processes, checkpoint files, metrics and timing live beside it:
-:mod:`workbench.distributed`, :mod:`workbench.checkpoints`, :mod:`workbench.metrics`,
-:mod:`workbench.timing`.
+Dynamic sampling repeats rollout and rewards until enough groups have differing rewards. What
+lives beside the loop: sampling and token statistics (:mod:`workbench.policy`), groups and
+rewards (:mod:`workbench.rollout`), several processes (:mod:`workbench.distributed`), checkpoint
+files (:mod:`workbench.checkpoints`), metrics (:mod:`workbench.metrics`), timing (:mod:`workbench.timing`).
 """
 
 from __future__ import annotations
@@ -238,7 +233,8 @@ class Trainer:
                 order = torch.arange(advantages.shape[0], device=advantages.device)
             for mb in order.chunk(c.minibatches):
                 metrics, grad_norm = self._optimizer_step(batch, advantages, mb)
-                sums = {k: sums.get(k, 0.0) + metrics.get(k, 0.0) for k in {*sums, *metrics}}
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 grad_norms += [] if grad_norm is None else [grad_norm]
         out = {k: v / (c.ppo_epochs * c.minibatches) for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
@@ -279,16 +275,16 @@ class Trainer:
     def _loss(self, batch: Batch, advantages: torch.Tensor, idx: torch.Tensor, denominator: float):
         """The policy loss of rows ``idx`` (cut to their longest response)."""
         s, T = batch.scored, int(batch.response_mask[idx].sum(-1).max())
+        cut = lambda x: None if x is None else x[idx][:, :T]  # noqa: E731
         ids = batch.input_ids[idx][:, : batch.input_ids.shape[1] - batch.response_mask.shape[1] + T]
-        attn, mask = batch.attention_mask[idx][:, : ids.shape[1]], batch.response_mask[idx][:, :T]
+        attn, mask = batch.attention_mask[idx][:, : ids.shape[1]], cut(batch.response_mask)
         if s.logp is not None:  # the fused update's forward: the whole batch, already scored
-            logp, ent = s.logp[idx][:, :T], s.entropies_grad[idx][:, :T]
+            logp, ent = cut(s.logp), cut(s.entropies_grad)
         else:
             logp, ent = self.runner.token_stats(self.model, ids, attn, mask, grad=True)
-        ref = None if s.ref_logp is None else s.ref_logp[idx][:, :T]
-        ent = ent if self.config.entropy_coef > 0 else None
-        return policy_loss(logp, s.old_logp[idx][:, :T], advantages[idx][:, :T], mask, logp_ref=ref, entropies=ent,
-                           denominator=denominator, **self.loss_kwargs)
+        terms = {"logp_ref": cut(s.ref_logp), "entropies": ent if self.config.entropy_coef > 0 else None}
+        return policy_loss(logp, cut(s.old_logp), cut(advantages), mask, denominator=denominator, **terms,
+                           **self.loss_kwargs)
 
     def _loss_denominator(self, response_mask: torch.Tensor) -> float:
         """The loss normaliser of the rows of ``response_mask``: their valid tokens for a
@@ -332,8 +328,8 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write model, tokenizer, optimizer, scheduler and RNG state atomically. Call it on every
         process: under FSDP they gather the full state together; the main process writes it."""
-        return save_training(self.run_dir, self.step, model=self.model, unwrapped=self.unwrapped,
-                             tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+        return save_training(self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
+                             optimizer=self.optimizer, scheduler=self.scheduler,
                              meta={"skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps},
                              keep=self.config.keep_checkpoints, fsdp=self.fsdp, is_main=self.is_main,
                              fault=lambda step: _fault_point("checkpoint", step))
@@ -341,8 +337,8 @@ class Trainer:
     def _resume(self) -> None:
         """Continue from the newest intact checkpoint (none saved yet: from the start), dropping
         the history rows of the steps after it."""
-        meta = restore_training(self.run_dir, model=self.model, unwrapped=self.unwrapped, optimizer=self.optimizer,
-                                scheduler=self.scheduler, fsdp=self.fsdp)
+        parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        meta = restore_training(self.run_dir, **parts, fsdp=self.fsdp)
         if meta is not None:
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
         if self.is_main:

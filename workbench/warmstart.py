@@ -82,14 +82,7 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
                 "model_params": model_params or {}, "init": None if init is None else str(init)}
     progress_dir = out.with_name(f".{out.name}.progress")
     state = _load_progress(progress_dir, settings)
-    if state is not None:
-        model, tokenizer = load_model(progress_dir / "model")
-    elif init is not None:
-        model, tokenizer = load_model(init)
-    else:
-        torch.manual_seed(seed)
-        tokenizer = build_char_tokenizer()
-        model = build_tiny_model(tokenizer, seed=seed, **(model_params or {}))
+    model, tokenizer = _starting_model(progress_dir if state is not None else None, init, seed, model_params)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     done, curve, seconds = 0, [], 0.0
     if state is not None:
@@ -120,15 +113,9 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
         "task": task, "task_params": task_params or {}, "steps": step, "batch_size": batch_size, "lr": lr,
         "seed": seed, "target_accuracy": target_accuracy, "greedy_accuracy": acc, "eval_size": eval_size,
         "parameters": count_parameters(model), "seconds": round(time.perf_counter() - start, 1),
-        "command": (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
-                    + (f" --task-params '{json.dumps(task_params)}'" if task_params else "")
-                    + (f" --max-steps {max_steps}" if max_steps != 3000 else "")
-                    + (f" --batch-size {batch_size}" if batch_size != 64 else "")
-                    + (f" --lr {lr}" if lr != 1e-3 else "")
-                    + (f" --eval-every {eval_every}" if eval_every != 25 else "")
-                    + (f" --eval-size {eval_size}" if eval_size != 256 else "")
-                    + ("" if init is None else f" --init {init}")
-                    + ("" if str(out) == DEFAULT_INIT else f" --out {out}")),
+        "command": _command(task=task, seed=seed, target_accuracy=target_accuracy, task_params=task_params,
+                            max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                            eval_size=eval_size, init=init, out=out),
     }
     if init is not None:
         summary["init"] = str(init)
@@ -137,6 +124,31 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
     atomic_write_text(path / "warmstart.json", json.dumps(summary, indent=2))
     shutil.rmtree(progress_dir, ignore_errors=True)
     return summary
+
+
+def _starting_model(progress_dir: Path | None, init, seed: int, model_params: dict | None):
+    """The model a warm start trains: its saved progress, the checkpoint ``init``, or a fresh one."""
+    if progress_dir is not None:
+        return load_model(progress_dir / "model")
+    if init is not None:
+        return load_model(init)
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer()
+    return build_tiny_model(tokenizer, seed=seed, **(model_params or {})), tokenizer
+
+
+def _command(*, task, seed, target_accuracy, task_params, max_steps, batch_size, lr, eval_every, eval_size, init,
+             out) -> str:
+    """The ``python -m workbench warmstart`` command that repeats a warm start (defaults left out)."""
+    return (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
+            + (f" --task-params '{json.dumps(task_params)}'" if task_params else "")
+            + (f" --max-steps {max_steps}" if max_steps != 3000 else "")
+            + (f" --batch-size {batch_size}" if batch_size != 64 else "")
+            + (f" --lr {lr}" if lr != 1e-3 else "")
+            + (f" --eval-every {eval_every}" if eval_every != 25 else "")
+            + (f" --eval-size {eval_size}" if eval_size != 256 else "")
+            + ("" if init is None else f" --init {init}")
+            + ("" if str(out) == DEFAULT_INIT else f" --out {out}"))
 
 
 def _save_progress(path: Path, model, tokenizer, optimizer, settings: dict, state: dict) -> None:
