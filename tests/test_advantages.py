@@ -23,12 +23,14 @@ def t(rows):
 
 def test_gtpo_shaped_rewards_worked_example(ex):
     R = adv.shaped_rewards_gtpo(ex["rewards"], ex["entropies"], ex["mask"])
-    expected = t([
-        [1.08, 1.16, 1.1],
-        [1.12, 1.04, 0.0],
-        [-1.15, -1 - 0.1 * (0.25 / 2.25) * 2, -1.1],
-        [-1.05, -1 - 0.1 * (2 / 2.25) * 2, 0.0],
-    ])
+    expected = t(
+        [
+            [1.08, 1.16, 1.1],
+            [1.12, 1.04, 0.0],
+            [-1.15, -1 - 0.1 * (0.25 / 2.25) * 2, -1.1],
+            [-1.05, -1 - 0.1 * (2 / 2.25) * 2, 0.0],
+        ]
+    )
     torch.testing.assert_close(R, expected, atol=ATOL, rtol=0)
     assert abs(float(R[2, 1]) - (-1.0222222)) < 1e-6
     assert abs(float(R[3, 1]) - (-1.1777778)) < 1e-6
@@ -36,12 +38,14 @@ def test_gtpo_shaped_rewards_worked_example(ex):
 
 def test_grpo_s_shaped_rewards_worked_example(ex):
     R = adv.shaped_rewards_grpo_s(ex["rewards"], ex["entropies"], ex["mask"])
-    expected = t([
-        1 + 0.1 * ((7 / 3) / (13 / 3)) * 2,
-        1 + 0.1 * (2 / (13 / 3)) * 2,
-        -1 - 0.1 * ((6 / 11) / (86 / 77)) * 2,
-        -1 - 0.1 * ((4 / 7) / (86 / 77)) * 2,
-    ])
+    expected = t(
+        [
+            1 + 0.1 * ((7 / 3) / (13 / 3)) * 2,
+            1 + 0.1 * (2 / (13 / 3)) * 2,
+            -1 - 0.1 * ((6 / 11) / (86 / 77)) * 2,
+            -1 - 0.1 * ((4 / 7) / (86 / 77)) * 2,
+        ]
+    )
     torch.testing.assert_close(R, expected, atol=1e-9, rtol=0)
     torch.testing.assert_close(R, t([1.1076923, 1.0923077, -1.0976744, -1.1023256]), atol=1e-6, rtol=0)
 
@@ -61,12 +65,14 @@ def test_dapo_equals_grpo(ex):
 
 def test_gtpo_joint_worked_example(ex):
     A = adv.gtpo(ex["rewards"], ex["entropies"], ex["mask"])
-    expected = torch.tensor([
-        [0.930469, 0.999393, 0.947700],
-        [0.964931, 0.896007, 0.0],
-        [-0.990777, -0.880691, -0.947700],
-        [-0.904623, -1.014709, 0.0],
-    ])
+    expected = torch.tensor(
+        [
+            [0.930469, 0.999393, 0.947700],
+            [0.964931, 0.896007, 0.0],
+            [-0.990777, -0.880691, -0.947700],
+            [-0.904623, -1.014709, 0.0],
+        ]
+    )
     torch.testing.assert_close(A, expected, atol=1e-5, rtol=0)
 
 
@@ -79,12 +85,14 @@ def test_grpo_s_joint_worked_example(ex):
 
 def test_gtpo_per_polarity_worked_example(ex):
     A = adv.gtpo(ex["rewards"], ex["entropies"], ex["mask"], normalize="per_polarity")
-    expected = torch.tensor([
-        [-0.447204, 1.341611, 0.0],
-        [0.447204, -1.341611, 0.0],
-        [-0.764735, 1.189588, 0.0],
-        [0.764735, -1.189588, 0.0],
-    ])
+    expected = torch.tensor(
+        [
+            [-0.447204, 1.341611, 0.0],
+            [0.447204, -1.341611, 0.0],
+            [-0.764735, 1.189588, 0.0],
+            [0.764735, -1.189588, 0.0],
+        ]
+    )
     torch.testing.assert_close(A, expected, atol=1e-5, rtol=0)
 
 
@@ -330,11 +338,17 @@ def test_gtpo_per_polarity_over_the_batch_by_hand():
     0.0025, 0.000625, 0.000625, var 0.00375 / 4, std 0.0306186): z = 0, 0, -1.63299, 0.81650, 0.81650."""
     r, h, m = _two_groups()
     shaped = adv.shaped_rewards_gtpo(r, h, m)[..., 0]
-    torch.testing.assert_close(shaped, torch.tensor([[1.05, 1.15, -1.1, -1.1], [1.1, -1.15, -1.075, -1.075]],
-                                                    dtype=torch.float64), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        shaped,
+        torch.tensor([[1.05, 1.15, -1.1, -1.1], [1.1, -1.15, -1.075, -1.075]], dtype=torch.float64),
+        atol=1e-7,
+        rtol=0,
+    )
     A = adv.gtpo(r, h, m, normalize="per_polarity_batch")[..., 0]
     s_pos, s_neg = 0.05 + 1e-6, (0.00375 / 4) ** 0.5 + 1e-6
-    expected = torch.tensor([[-0.05 / s_pos, 0.05 / s_pos, 0.0, 0.0], [0.0, -0.05 / s_neg, 0.025 / s_neg, 0.025 / s_neg]])
+    expected = torch.tensor(
+        [[-0.05 / s_pos, 0.05 / s_pos, 0.0, 0.0], [0.0, -0.05 / s_neg, 0.025 / s_neg, 0.025 / s_neg]]
+    )
     torch.testing.assert_close(A, expected, atol=2e-6, rtol=0)
     # per group instead: A's O- are equal (std 0 -> 0), B's single success gets 0
     B = adv.gtpo(r, h, m, normalize="per_polarity")[..., 0]
@@ -357,8 +371,10 @@ def test_per_polarity_batch_zero_variance_groups():
     shape = adv.gtpo(r3, h3, m3, normalize="per_polarity_batch", zero_variance="shape")
     assert not torch.allclose(shape[:2], base) and bool((shape[2] != 0).any())
     # one group: the batch is the group
-    torch.testing.assert_close(adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity_batch"),
-                               adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity"))
+    torch.testing.assert_close(
+        adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity_batch"),
+        adv.gtpo(r[:1], h[:1], m[:1], normalize="per_polarity"),
+    )
     seq = adv.grpo_s(r, h, m, normalize="per_polarity_batch")
     assert seq.shape == (2, 4, 1) and bool(torch.isfinite(seq).all())
 
@@ -367,5 +383,6 @@ def test_registered_per_polarity_batch_variant():
     from workbench import ALGORITHMS
 
     r, h, m = _two_groups()
-    torch.testing.assert_close(ALGORITHMS["gtpo_per_polarity_batch"].advantages(r, h, m),
-                               adv.gtpo(r, h, m, normalize="per_polarity_batch"))
+    torch.testing.assert_close(
+        ALGORITHMS["gtpo_per_polarity_batch"].advantages(r, h, m), adv.gtpo(r, h, m, normalize="per_polarity_batch")
+    )

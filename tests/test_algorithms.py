@@ -20,7 +20,12 @@ def test_public_names_import():
 
 
 def test_registry_defaults_follow_the_spec():
-    assert ALGORITHMS["grpo"].loss_kwargs() == {"eps_low": 0.2, "eps_high": 0.2, "agg": "seq-mean-token-mean", "level": "token"}
+    assert ALGORITHMS["grpo"].loss_kwargs() == {
+        "eps_low": 0.2,
+        "eps_high": 0.2,
+        "agg": "seq-mean-token-mean",
+        "level": "token",
+    }
     for name in ("dapo", "gtpo"):
         a = ALGORITHMS[name]
         assert (a.eps_low, a.eps_high, a.agg, a.level, a.dynamic_sampling) == (0.2, 0.28, "token-mean", "token", True)
@@ -34,13 +39,16 @@ def test_registry_advantages_equal_the_functions():
     torch.testing.assert_close(ALGORITHMS["gtpo"].advantages(r, h, m), workbench.gtpo(r, h, m))
     torch.testing.assert_close(ALGORITHMS["grpo_s"].advantages(r, h, m), workbench.grpo_s(r, h, m))
     torch.testing.assert_close(ALGORITHMS["grpo"].advantages(r, h, m), workbench.grpo(r, m))
-    torch.testing.assert_close(ALGORITHMS["gtpo_per_polarity"].advantages(r, h, m),
-                               workbench.gtpo(r, h, m, normalize="per_polarity"))
+    torch.testing.assert_close(
+        ALGORITHMS["gtpo_per_polarity"].advantages(r, h, m), workbench.gtpo(r, h, m, normalize="per_polarity")
+    )
     torch.testing.assert_close(ALGORITHMS["gtpo"].advantages(r, h, m, alpha2=0.3), workbench.gtpo(r, h, m, alpha2=0.3))
 
 
 def test_adding_a_variant_is_one_line():
-    algo = register_algorithm(Algorithm("test_gtpo_strong", lambda r, h, m, **kw: workbench.gtpo(r, h, m, alpha2=0.5, **kw)))
+    algo = register_algorithm(
+        Algorithm("test_gtpo_strong", lambda r, h, m, **kw: workbench.gtpo(r, h, m, alpha2=0.5, **kw))
+    )
     try:
         ex = spec_example()
         out = get_algorithm("test_gtpo_strong").advantages(*ex.values())

@@ -25,8 +25,23 @@ from workbench.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
-ARGS = ["train", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "16", "--eval-every", "3",
-        "--eval-size", "8", "--lr", "1e-3", "--seed", "0"]
+ARGS = [
+    "train",
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "16",
+    "--eval-every",
+    "3",
+    "--eval-size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--seed",
+    "0",
+]
 COMPARED = ("reward", "accuracy", "entropy", "advantage_abs_mean", "grad_norm", "clip_frac", "ratio_mean")
 
 
@@ -52,14 +67,38 @@ def accelerate_launch(*args) -> list[str]:
     """The shipped one-node accelerate config, with two processes and no mixed precision; on a
     machine without GPUs they run on CPU with gloo (accelerate's ``--cpu`` flag with several
     processes expects MPI instead)."""
-    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-            str(ACCELERATE_CONFIGS / "one_node.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-            "--main_process_port", str(_port()), "-m", "workbench", *args]
+    return [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / "one_node.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_port()),
+        "-m",
+        "workbench",
+        *args,
+    ]
 
 
 def torchrun(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(_port()), "-m", "workbench", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_port()),
+        "-m",
+        "workbench",
+        *args,
+    ]
 
 
 def assert_same_run(a_dir: Path, b_dir: Path, step: int) -> pd.DataFrame:
@@ -70,8 +109,9 @@ def assert_same_run(a_dir: Path, b_dir: Path, step: int) -> pd.DataFrame:
     updated = a["grad_norm"].notna()
     assert updated.any(), "no step updated the model: the comparison would be vacuous"
     for col in COMPARED:
-        pd.testing.assert_series_equal(a.loc[updated, col], b.loc[updated, col], check_exact=False, rtol=1e-5,
-                                       atol=1e-6, obj=col)
+        pd.testing.assert_series_equal(
+            a.loc[updated, col], b.loc[updated, col], check_exact=False, rtol=1e-5, atol=1e-6, obj=col
+        )
     name = f"step_{step:06d}"
     wa = load_file(a_dir / "checkpoints" / name / "model.safetensors")
     wb = load_file(b_dir / "checkpoints" / name / "model.safetensors")
@@ -129,8 +169,15 @@ def _round_prompts(task_name: str, step: int, round_: int = 0, n: int = 4) -> li
 def test_sharded_rollout_splits_every_round_between_processes(tmp_path, monkeypatch):
     """In one process, pretend to be each of two processes: their prompts are disjoint, in
     order, and together the one-process batch, in every round of dynamic sampling."""
-    config = TrainConfig(algorithm="dapo", prompts_per_step=5, group_size=4, max_new_tokens=16, steps=1,
-                         max_sampling_rounds=2, output_dir=str(tmp_path / "run"))
+    config = TrainConfig(
+        algorithm="dapo",
+        prompts_per_step=5,
+        group_size=4,
+        max_new_tokens=16,
+        steps=1,
+        max_sampling_rounds=2,
+        output_dir=str(tmp_path / "run"),
+    )
     trainer = Trainer(config, progress=False)
     shares = {}
     for rank in (0, 1):

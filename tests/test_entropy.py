@@ -119,8 +119,15 @@ def test_from_model_matches_manual_shift():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=20,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     ids = torch.randint(1, 20, (2, 10))
     with torch.no_grad():
@@ -177,8 +184,15 @@ def test_from_model_hidden_and_logits_paths_agree():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=20,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     model = Qwen2ForCausalLM(cfg)
     ids = torch.randint(1, 20, (2, 9))
     attn = torch.ones_like(ids)
@@ -207,8 +221,7 @@ def test_token_stats_from_a_ddp_wrapped_model(tmp_path):
         kept = []
         hook = model.lm_head.register_forward_hook(lambda m, a, out: kept.append(out.shape[1]))
         got = token_stats_from_model(ddp, ids["input_ids"], ids["attention_mask"], response_len=6)
-        want = token_stats_from_model(model, ids["input_ids"], ids["attention_mask"], response_len=6,
-                                      method="logits")
+        want = token_stats_from_model(model, ids["input_ids"], ids["attention_mask"], response_len=6, method="logits")
         hook.remove()
         got[0].sum().backward()  # the gradient reaches the LM head through the wrapper
         assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

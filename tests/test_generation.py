@@ -36,9 +36,14 @@ def test_shared_prompt_runs_each_prompt_once(warm):
     model, tok = warm
     n, new = 8, 6
     counted = []
-    hook = model.model.register_forward_hook(lambda mod, args, kwargs, out: counted.append(
-        kwargs["input_ids"].numel() if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"].shape[:2].numel()),
-        with_kwargs=True)
+    hook = model.model.register_forward_hook(
+        lambda mod, args, kwargs, out: counted.append(
+            kwargs["input_ids"].numel()
+            if kwargs.get("input_ids") is not None
+            else kwargs["inputs_embeds"].shape[:2].numel()
+        ),
+        with_kwargs=True,
+    )
     try:
         tokens = {}
         for share in (False, True):

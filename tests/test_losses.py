@@ -63,8 +63,9 @@ def test_kl_k3_and_entropy_bonus():
     ref = lo + 0.1
     ent = torch.rand(lp.shape)
     base, _ = policy_loss(lp, lo, a, m, agg="token-mean")
-    loss, metrics = policy_loss(lp, lo, a, m, agg="token-mean", logp_ref=ref, beta_kl=0.05,
-                                entropies=ent, entropy_coef=0.01)
+    loss, metrics = policy_loss(
+        lp, lo, a, m, agg="token-mean", logp_ref=ref, beta_kl=0.05, entropies=ent, entropy_coef=0.01
+    )
     d = ref - lp
     k3 = (d.exp() - d - 1)[m].mean()
     h = ent[m].mean()
@@ -97,7 +98,9 @@ def test_denominator_makes_microbatches_sum_to_full_batch():
     for agg in ("token-mean", "seq-mean-token-mean"):
         full, _ = policy_loss(lp, lo, a, m, agg=agg)
         denom = float(m.sum()) if agg == "token-mean" else 4.0
-        parts = [policy_loss(lp[s], lo[s], a[s], m[s], agg=agg, denominator=denom)[0] for s in (slice(0, 2), slice(2, 4))]
+        parts = [
+            policy_loss(lp[s], lo[s], a[s], m[s], agg=agg, denominator=denom)[0] for s in (slice(0, 2), slice(2, 4))
+        ]
         assert abs(float(full) - float(sum(parts))) < 1e-6
 
 

@@ -102,7 +102,7 @@ def test_grpo_s_constant_per_sequence(batch):
 @given(batch=groups())
 def test_zero_variance_groups_are_zero_with_skip(batch):
     r, h, m = batch
-    equal = (r.float().max(-1).values == r.float().min(-1).values)
+    equal = r.float().max(-1).values == r.float().min(-1).values
     for fn in (adv.gtpo, adv.grpo_s):
         a = fn(r, h, m)
         assert bool((a[equal] == 0).all())
@@ -128,8 +128,18 @@ def loss_inputs(draw):
 def test_policy_loss_finite_and_gradient_only_on_valid_tokens(inputs, agg, level):
     logp_new, logp_old, advantages, mask = inputs
     logp_new = logp_new.clone().requires_grad_()
-    loss, metrics = policy_loss(logp_new, logp_old, advantages, mask, eps_low=0.2, eps_high=0.28, agg=agg,
-                                level=level, logp_ref=logp_old, beta_kl=0.01)
+    loss, metrics = policy_loss(
+        logp_new,
+        logp_old,
+        advantages,
+        mask,
+        eps_low=0.2,
+        eps_high=0.28,
+        agg=agg,
+        level=level,
+        logp_ref=logp_old,
+        beta_kl=0.01,
+    )
     assert torch.isfinite(loss)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert 0.0 <= metrics["clip_frac"] <= 1.0
@@ -150,9 +160,13 @@ def test_huge_float64_rewards_give_finite_advantages_for_every_algorithm(magnitu
     h = torch.rand(2, 4, 4, generator=gen, dtype=torch.float64)
     big = r * magnitude
     outputs = {
-        "grpo": adv.grpo(big, mask), "grpo batch": adv.grpo(big, mask, scale="batch"), "dapo": adv.dapo(big, mask),
-        "gtpo": adv.gtpo(big, h, mask), "gtpo per_polarity": adv.gtpo(big, h, mask, normalize="per_polarity"),
-        "grpo_s": adv.grpo_s(big, h, mask), "grpo_s per_polarity": adv.grpo_s(big, h, mask, normalize="per_polarity"),
+        "grpo": adv.grpo(big, mask),
+        "grpo batch": adv.grpo(big, mask, scale="batch"),
+        "dapo": adv.dapo(big, mask),
+        "gtpo": adv.gtpo(big, h, mask),
+        "gtpo per_polarity": adv.gtpo(big, h, mask, normalize="per_polarity"),
+        "grpo_s": adv.grpo_s(big, h, mask),
+        "grpo_s per_polarity": adv.grpo_s(big, h, mask, normalize="per_polarity"),
     }
     for name, out in outputs.items():
         assert bool(torch.isfinite(out).all()), name

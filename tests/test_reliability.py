@@ -21,20 +21,38 @@ from workbench.models import load_model
 from workbench.runs import load_run
 from workbench.trainer import Trainer, resume, train, verify_checkpoint
 
-TINY_PARAMS = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-               "intermediate_size": 64}
-BASE = dict(model="tiny", model_params=TINY_PARAMS, prompts_per_step=2, group_size=2, max_new_tokens=8,
-            eval_size=4, eval_every=100, save_every=1, log_samples_every=1, algorithm="gtpo",
-            dynamic_sampling=False, keep_checkpoints=3)
+TINY_PARAMS = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+}
+BASE = dict(
+    model="tiny",
+    model_params=TINY_PARAMS,
+    prompts_per_step=2,
+    group_size=2,
+    max_new_tokens=8,
+    eval_size=4,
+    eval_every=100,
+    save_every=1,
+    log_samples_every=1,
+    algorithm="gtpo",
+    dynamic_sampling=False,
+    keep_checkpoints=3,
+)
 TIME_COLUMNS = {"time_rollout", "time_score", "time_update", "time_step", "tokens_per_s"}
 
 
 def _run_cmd(out: Path, steps: int) -> list[str]:
     config = {**BASE, "steps": steps, "output_dir": str(out)}
     # a run killed after its first evaluation but before its first metrics row is resumed too
-    code = ("import sys, json; from workbench.trainer import train, resume; from workbench.runs import holds_run\n"
-            "c = json.loads(sys.argv[1]); p = c['output_dir']\n"
-            "(resume(p, progress=False) if holds_run(p) else train(c, progress=False))")
+    code = (
+        "import sys, json; from workbench.trainer import train, resume; from workbench.runs import holds_run\n"
+        "c = json.loads(sys.argv[1]); p = c['output_dir']\n"
+        "(resume(p, progress=False) if holds_run(p) else train(c, progress=False))"
+    )
     return [sys.executable, "-c", code, json.dumps(config)]
 
 
@@ -66,7 +84,7 @@ def test_sigkill_at_random_times_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         if (out / "metrics.jsonl").exists():
-            rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
             steps = [r["step"] for r in rows]
             assert steps == sorted(set(steps)), f"duplicated or unordered rows after kill {attempt}: {steps}"
     res = subprocess.run(_run_cmd(out, 6), capture_output=True, text=True, timeout=300)

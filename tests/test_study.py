@@ -6,15 +6,34 @@ import pytest
 
 from workbench.study import confidence_interval, paired_comparison, run_grid, setting_label
 
-TINY = dict(model="tiny", model_params={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                        "num_key_value_heads": 2, "intermediate_size": 64},
-            steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, eval_size=4, eval_every=1,
-            dynamic_sampling=False)
+TINY = dict(
+    model="tiny",
+    model_params={
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+    },
+    steps=2,
+    prompts_per_step=2,
+    group_size=2,
+    max_new_tokens=6,
+    eval_size=4,
+    eval_every=1,
+    dynamic_sampling=False,
+)
 
 
 def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
-    table = run_grid(tmp_path, algorithms=["grpo", "gtpo"], seeds=[0, 1], base=TINY,
-                     settings=[{"task": "chain", "task_params": {"steps": 2}}], progress=True)
+    table = run_grid(
+        tmp_path,
+        algorithms=["grpo", "gtpo"],
+        seeds=[0, 1],
+        base=TINY,
+        settings=[{"task": "chain", "task_params": {"steps": 2}}],
+        progress=True,
+    )
     assert len(table) == 4 and set(table["algorithm"]) == {"grpo", "gtpo"}
     assert set(table["chain_steps"]) == {2}
     for col in ("final_accuracy", "best_accuracy", "accuracy_auc", "entropy_start", "entropy_end", "response_len"):
@@ -24,13 +43,25 @@ def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
     assert (cell / "metrics.jsonl").exists() and (cell / "DONE").exists()
     assert not (cell / "checkpoints").exists()
     capsys.readouterr()
-    again = run_grid(tmp_path, algorithms=["grpo", "gtpo"], seeds=[0, 1], base=TINY,
-                     settings=[{"task": "chain", "task_params": {"steps": 2}}], progress=True)
+    again = run_grid(
+        tmp_path,
+        algorithms=["grpo", "gtpo"],
+        seeds=[0, 1],
+        base=TINY,
+        settings=[{"task": "chain", "task_params": {"steps": 2}}],
+        progress=True,
+    )
     assert capsys.readouterr().out.count(": done") == 4  # nothing retrained
     pd.testing.assert_frame_equal(table, again)
     # a further setting in the same study: this call's table is its own, results.csv holds both
-    more = run_grid(tmp_path, algorithms=["grpo"], seeds=[0], base=TINY,
-                    settings=[{"task": "chain", "task_params": {"steps": 3}}], progress=False)
+    more = run_grid(
+        tmp_path,
+        algorithms=["grpo"],
+        seeds=[0],
+        base=TINY,
+        settings=[{"task": "chain", "task_params": {"steps": 3}}],
+        progress=False,
+    )
     assert list(more["chain_steps"]) == [3]
     stored = pd.read_csv(tmp_path / "results.csv")
     assert sorted(stored["chain_steps"]) == [2, 2, 2, 2, 3]
@@ -43,8 +74,14 @@ def test_confidence_interval_hand_values():
 
 
 def test_paired_comparison_pairs_by_seed():
-    table = pd.DataFrame({"algorithm": ["grpo"] * 3 + ["gtpo"] * 3, "seed": [0, 1, 2] * 2,
-                          "final_accuracy": [0.5, 0.6, 0.7, 0.6, 0.6, 0.9], "task": "addition"})
+    table = pd.DataFrame(
+        {
+            "algorithm": ["grpo"] * 3 + ["gtpo"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "final_accuracy": [0.5, 0.6, 0.7, 0.6, 0.6, 0.9],
+            "task": "addition",
+        }
+    )
     out = paired_comparison(table, "final_accuracy", "grpo")
     row = out.iloc[0]
     assert row["algorithm"] == "gtpo" and row["pairs"] == 3 and row["wins"] == 2 and row["losses"] == 0
@@ -57,8 +94,10 @@ def test_setting_label():
     # settings that differ only inside a dict get different directories
     assert setting_label({"advantage_kwargs": {"alpha2": 0.3}}) == "alpha2-0.3"
     assert setting_label({"advantage_kwargs": {"normalize": "per_polarity"}}) == "normalize-per_polarity"
-    assert setting_label({"task": "chain", "task_params": {"steps": 4}, "model": "runs/warm",
-                          "max_new_tokens": 40}) == "max_new_tokens-40_steps-4_task-chain"
+    assert (
+        setting_label({"task": "chain", "task_params": {"steps": 4}, "model": "runs/warm", "max_new_tokens": 40})
+        == "max_new_tokens-40_steps-4_task-chain"
+    )
 
 
 def _fake_run(path, tokens_per_step, eval_steps, accuracies, samples=()):
@@ -66,10 +105,12 @@ def _fake_run(path, tokens_per_step, eval_steps, accuracies, samples=()):
 
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"algorithm": "grpo", "seed": 0, "task": "addition", "steps": 4}))
-    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "generated_tokens": t}) + "\n"
-                                                for s, t in enumerate(tokens_per_step, start=1)))
-    (path / "eval.jsonl").write_text("".join(json.dumps({"step": s, "greedy_accuracy": a}) + "\n"
-                                             for s, a in zip(eval_steps, accuracies)))
+    (path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "generated_tokens": t}) + "\n" for s, t in enumerate(tokens_per_step, start=1))
+    )
+    (path / "eval.jsonl").write_text(
+        "".join(json.dumps({"step": s, "greedy_accuracy": a}) + "\n" for s, a in zip(eval_steps, accuracies))
+    )
     (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     return path
 
@@ -100,9 +141,14 @@ def test_equal_budget_uses_the_smallest_total(tmp_path):
 def test_entropy_by_step_top_fraction(tmp_path):
     from workbench.study import entropy_by_step
 
-    samples = [{"step": 1, "group": 0, "responses": [{"entropies": [1.0, 2.0, 3.0, 4.0, 5.0]},
-                                                      {"entropies": [6.0, 7.0, 8.0, 9.0, 10.0]}]},
-               {"step": 5, "group": 0, "responses": [{"entropies": [0.0, 0.0, 0.0, 1.0, 1.0]}]}]
+    samples = [
+        {
+            "step": 1,
+            "group": 0,
+            "responses": [{"entropies": [1.0, 2.0, 3.0, 4.0, 5.0]}, {"entropies": [6.0, 7.0, 8.0, 9.0, 10.0]}],
+        },
+        {"step": 5, "group": 0, "responses": [{"entropies": [0.0, 0.0, 0.0, 1.0, 1.0]}]},
+    ]
     run = _fake_run(tmp_path / "r", [1], [0], [0.0], samples)
     table = entropy_by_step(run, top=0.2)
     assert table["step"].tolist() == [1, 5]
@@ -118,7 +164,8 @@ def test_load_results_finds_runs_from_any_working_directory(tmp_path, monkeypatc
     root = tmp_path / "study"
     run = _fake_run(root / "runs" / "default" / "grpo-s0", [10], [0], [0.5])
     pd.DataFrame({"run": ["somewhere/else/runs/default/grpo-s0"], "final_accuracy": [0.5]}).to_csv(
-        root / "results.csv", index=False)
+        root / "results.csv", index=False
+    )
     monkeypatch.chdir(tmp_path)
     table = load_results("study")
     assert table["run"].tolist() == [str(root.relative_to(tmp_path) / "runs" / "default" / "grpo-s0")]
@@ -134,10 +181,15 @@ def test_entropy_collapse_is_relative_to_the_start(tmp_path, last, collapsed):
     path = tmp_path / "r"
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"algorithm": "gtpo", "seed": 0, "task": "addition", "steps": 11}))
-    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "entropy": h}) + "\n"
-                                                for s, h in enumerate([1.0] * 10 + [last])))
-    (path / "eval.jsonl").write_text("".join(json.dumps({"step": s, "greedy_accuracy": a, "sampled_accuracy": a}) + "\n"
-                                             for s, a in [(0, 0.5), (5, 0.8), (11, 0.55)]))
+    (path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s + 1, "entropy": h}) + "\n" for s, h in enumerate([1.0] * 10 + [last]))
+    )
+    (path / "eval.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "greedy_accuracy": a, "sampled_accuracy": a}) + "\n"
+            for s, a in [(0, 0.5), (5, 0.8), (11, 0.55)]
+        )
+    )
     row = summarize_run(path)
     assert row["entropy_collapse"] is collapsed  # below 25% of the starting entropy (1.0)
     assert row["accuracy_drops"] == 1  # 0.8 -> 0.55 falls by more than 0.2

@@ -75,19 +75,22 @@ def test_jsonl_math_verify_equivalences(tmp_path):
     assert task.reward(ex42, "work|42.0") == 1.0
 
 
-@pytest.mark.parametrize("bad_line, problem", [
-    (b'{"question": "q", "answer": "1"', "not valid JSON"),
-    (b'{"question": "q"}', "missing field 'answer'"),
-    (b'{"question": 3, "answer": "1"}', "must be strings"),
-    (b'{"question": "q", "answer": "  "}', "empty answer"),
-    (b'{"question": "q\xff", "answer": "1"}', "not valid UTF-8"),
-    (b'[1, 2]', "expected a JSON object"),
-    (b'{"question": "' + b"x" * (1 << 20) + b'", "answer": "1"}', "too long"),
-    (b'{"question": "q", "answer": NaN}', "not a finite number"),
-    (b'{"question": "q", "answer": Infinity}', "not a finite number"),
-    (b'{"question": "q", "answer": -Infinity}', "not a finite number"),
-    (b'{"question": "q", "answer": 1e400}', "not a finite number"),
-])
+@pytest.mark.parametrize(
+    "bad_line, problem",
+    [
+        (b'{"question": "q", "answer": "1"', "not valid JSON"),
+        (b'{"question": "q"}', "missing field 'answer'"),
+        (b'{"question": 3, "answer": "1"}', "must be strings"),
+        (b'{"question": "q", "answer": "  "}', "empty answer"),
+        (b'{"question": "q\xff", "answer": "1"}', "not valid UTF-8"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"question": "' + b"x" * (1 << 20) + b'", "answer": "1"}', "too long"),
+        (b'{"question": "q", "answer": NaN}', "not a finite number"),
+        (b'{"question": "q", "answer": Infinity}', "not a finite number"),
+        (b'{"question": "q", "answer": -Infinity}', "not a finite number"),
+        (b'{"question": "q", "answer": 1e400}', "not a finite number"),
+    ],
+)
 def test_jsonl_bad_lines_name_the_line(tmp_path, bad_line, problem):
     good = [json.dumps({"question": f"q{i}", "answer": str(i)}).encode() for i in range(30)]
     path = tmp_path / "bad.jsonl"
@@ -112,11 +115,14 @@ def test_bad_task_input():
     assert set(TASKS) == {"addition", "chain", "jsonl", "word_arithmetic"}
 
 
-@pytest.mark.parametrize("name, params, split, setting", [
-    ("chain", {"steps": 1, "max_operand": 1}, "eval", "max_operand"),
-    ("addition", {"digits": 1, "eval_fraction": 0.001}, "eval", "eval_fraction"),
-    ("addition", {"digits": 1, "eval_fraction": 0.999}, "train", "eval_fraction"),
-])
+@pytest.mark.parametrize(
+    "name, params, split, setting",
+    [
+        ("chain", {"steps": 1, "max_operand": 1}, "eval", "max_operand"),
+        ("addition", {"digits": 1, "eval_fraction": 0.001}, "eval", "eval_fraction"),
+        ("addition", {"digits": 1, "eval_fraction": 0.999}, "train", "eval_fraction"),
+    ],
+)
 def test_unfillable_split_raises_at_once_naming_the_setting(name, params, split, setting):
     """A split that holds no problem of a small problem space used to loop forever."""
     import time
@@ -132,7 +138,9 @@ def test_small_problem_spaces_know_their_split_sizes():
     task = get_task("addition", digits=1)
     train, held_out = task.split_size("train"), task.split_size("eval")
     assert train + held_out == 81 and held_out >= 1
-    assert {e.prompt for e in task.generate("eval", 200, 0)} <= {f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)}
+    assert {e.prompt for e in task.generate("eval", 200, 0)} <= {
+        f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)
+    }
     assert len({e.prompt for e in task.generate("eval", 500, 0)}) == held_out
     assert get_task("addition", digits=3).split_size("eval") is None  # too many to enumerate: unknown
 

@@ -3,9 +3,9 @@
 import copy
 import json
 import os
-import warnings
 import subprocess
 import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -481,8 +481,9 @@ def test_train_help_shows_every_option_with_its_meaning_default_and_choices():
     from workbench.losses import AGGREGATIONS, LEVELS
 
     env = {**os.environ, "COLUMNS": "2000"}  # no wrapping inside the words (argparse breaks at hyphens)
-    res = subprocess.run([sys.executable, "-m", "workbench", "train", "--help"], capture_output=True, text=True,
-                         timeout=120, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench", "train", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     for f in dataclasses.fields(TrainConfig):
@@ -500,8 +501,12 @@ def test_convert_gguf_command_calls_the_converter(tmp_path, monkeypatch, capsys)
     from workbench.cli import main
 
     calls = []
-    monkeypatch.setattr(workbench.models, "convert_gguf", lambda file, out_dir: calls.append((file, out_dir)) or
-                        tmp_path / "out", raising=False)
+    monkeypatch.setattr(
+        workbench.models,
+        "convert_gguf",
+        lambda file, out_dir: calls.append((file, out_dir)) or tmp_path / "out",
+        raising=False,
+    )
     assert main(["convert-gguf", "model.gguf", str(tmp_path / "out")]) == 0
     assert calls == [("model.gguf", str(tmp_path / "out"))] and str(tmp_path / "out") in capsys.readouterr().out
 

@@ -10,8 +10,16 @@ from safetensors.torch import load_file
 import workbench.warmstart as ws
 from workbench.config import DEFAULT_INIT
 
-SMALL = dict(task="addition", max_steps=6, min_steps=1, eval_every=2, eval_size=4, batch_size=8,
-             target_accuracy=1.0, progress=False)
+SMALL = dict(
+    task="addition",
+    max_steps=6,
+    min_steps=1,
+    eval_every=2,
+    eval_size=4,
+    batch_size=8,
+    target_accuracy=1.0,
+    progress=False,
+)
 
 
 def weights(path):
@@ -70,12 +78,15 @@ def test_init_continues_from_a_checkpoint(tmp_path):
     assert summary["curve"][-1]["greedy_accuracy"] > 0
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(target_accuracy=0.0), "target_accuracy"),
-    (dict(max_steps=0), "max_steps"),
-    (dict(eval_every=0), "eval_every"),
-    (dict(init=DEFAULT_INIT, model_params={"hidden_size": 64}), "model_params"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(target_accuracy=0.0), "target_accuracy"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(eval_every=0), "eval_every"),
+        (dict(init=DEFAULT_INIT, model_params={"hidden_size": 64}), "model_params"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         ws.warm_start(out=tmp_path / "w", **{**SMALL, **bad})
@@ -90,13 +101,45 @@ def test_command_line_passes_every_option_and_records_the_command(tmp_path, caps
     from workbench.cli import main
 
     out = tmp_path / "w"
-    assert main(["warmstart", "--task", "chain", "--task-params", '{"steps": 2}', "--max-steps", "3",
-                 "--batch-size", "4", "--lr", "0.0005", "--eval-every", "1", "--eval-size", "2",
-                 "--target-accuracy", "1.0", "--init", DEFAULT_INIT, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "warmstart",
+                "--task",
+                "chain",
+                "--task-params",
+                '{"steps": 2}',
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--lr",
+                "0.0005",
+                "--eval-every",
+                "1",
+                "--eval-size",
+                "2",
+                "--target-accuracy",
+                "1.0",
+                "--init",
+                DEFAULT_INIT,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "warmstart.json").read_text())
     assert summary["batch_size"] == 4 and summary["lr"] == 0.0005 and summary["steps"] == 3
     assert summary["task_params"] == {"steps": 2} and summary["curve"] == []  # min_steps 100: no check yet
-    for part in ("--max-steps 3", "--batch-size 4", "--lr 0.0005", "--eval-every 1", "--eval-size 2",
-                 f"--init {DEFAULT_INIT}", f"--out {out}"):
+    for part in (
+        "--max-steps 3",
+        "--batch-size 4",
+        "--lr 0.0005",
+        "--eval-every 1",
+        "--eval-size 2",
+        f"--init {DEFAULT_INIT}",
+        f"--out {out}",
+    ):
         assert part in summary["command"]
     assert json.loads(capsys.readouterr().out)["steps"] == 3

@@ -7,7 +7,7 @@ and the problem, so that bad input never turns into a silent NaN.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -62,9 +62,7 @@ def no_empty_rows(name: str, m: torch.Tensor) -> None:
     empty = ~m.any(-1)
     if bool(empty.any()):
         idx = tuple(int(i) for i in empty.nonzero()[0])
-        raise ValueError(
-            f"{name} has an empty row at index {idx}: every response needs at least one valid token"
-        )
+        raise ValueError(f"{name} has an empty row at index {idx}: every response needs at least one valid token")
 
 
 def positive(name: str, value, *, allow_zero: bool = False) -> None:

@@ -62,8 +62,7 @@ def _inputs(rewards, mask, entropies=None):
     mask = _checks.tensor("mask", mask, min_dim=2)
     if mask.dim() != rewards.dim() + 1 or tuple(mask.shape[:-1]) != tuple(rewards.shape):
         raise ValueError(
-            f"mask has shape {tuple(mask.shape)}, expected rewards.shape + (T,) = "
-            f"{tuple(rewards.shape)} + (T,)"
+            f"mask has shape {tuple(mask.shape)}, expected rewards.shape + (T,) = {tuple(rewards.shape)} + (T,)"
         )
     mask = _checks.mask("mask", mask, mask.shape)
     n = rewards.shape[-1]
@@ -80,9 +79,7 @@ def _inputs(rewards, mask, entropies=None):
     if entropies is not None:
         entropies = _checks.tensor("entropies", entropies)
         if tuple(entropies.shape) != tuple(mask.shape):
-            raise ValueError(
-                f"entropies has shape {tuple(entropies.shape)}, but mask has shape {tuple(mask.shape)}"
-            )
+            raise ValueError(f"entropies has shape {tuple(entropies.shape)}, but mask has shape {tuple(mask.shape)}")
         if not entropies.is_floating_point():
             raise TypeError(f"entropies must be a floating tensor, got dtype {entropies.dtype}")
         ent = entropies.detach().reshape(m.shape)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from . import advantages as adv
 from . import _checks
+from . import advantages as adv
 from .losses import AGGREGATIONS, LEVELS
 
 __all__ = ["Algorithm", "ALGORITHMS", "register_algorithm", "get_algorithm"]
@@ -74,8 +74,10 @@ class Algorithm:
             for name in kwargs:
                 if name not in accepted:
                     fn = getattr(inspect.unwrap(self.advantage_fn), "__name__", "advantage_fn")
-                    raise ValueError(f"advantage_kwargs: {name!r} is not an argument of {self.name!r}'s advantage "
-                                     f"function {fn}(); it takes: {', '.join(accepted) or 'none'}")
+                    raise ValueError(
+                        f"advantage_kwargs: {name!r} is not an argument of {self.name!r}'s advantage "
+                        f"function {fn}(); it takes: {', '.join(accepted) or 'none'}"
+                    )
         rewards, mask = torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, 2, dtype=torch.bool)
         try:
             self.advantages(rewards, torch.full((1, 2, 2), 0.5), mask, **kwargs)
@@ -86,7 +88,7 @@ class Algorithm:
         """Keyword arguments of :func:`workbench.losses.policy_loss` for this algorithm."""
         return {"eps_low": self.eps_low, "eps_high": self.eps_high, "agg": self.agg, "level": self.level}
 
-    def replace(self, **changes) -> "Algorithm":
+    def replace(self, **changes) -> Algorithm:
         return dataclasses.replace(self, **changes)
 
 
@@ -109,8 +111,9 @@ def _keyword_arguments(fn) -> list[str] | None:
         return None
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name not in _DATA_ARGUMENTS
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [
+        p.name for p in params if p.name not in _DATA_ARGUMENTS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
@@ -133,27 +136,76 @@ def get_algorithm(name: str) -> Algorithm:
 
 _DAPO_LOSS = dict(eps_low=0.2, eps_high=0.28, agg="token-mean", dynamic_sampling=True, overlong_shaping=True)
 
-register_algorithm(Algorithm(
-    "grpo", _ignore_entropies(adv.grpo), agg="seq-mean-token-mean",
-    description="GRPO: group z-scored outcome reward, same for every token"))
-register_algorithm(Algorithm(
-    "dr_grpo", _ignore_entropies(adv.grpo), agg="seq-mean-token-sum-norm", advantage_kwargs={"scale": "none"},
-    description="Dr. GRPO: no std division, constant length normaliser"))
-register_algorithm(Algorithm(
-    "dapo", _ignore_entropies(adv.dapo), **_DAPO_LOSS,
-    description="DAPO: GRPO advantage, clip-higher, token-mean, dynamic sampling, overlong shaping"))
-register_algorithm(Algorithm(
-    "gtpo", adv.gtpo, uses_entropy=True, **_DAPO_LOSS,
-    description="GTPO: token-level entropy-weighted rewards, token advantages (joint z-score)"))
-register_algorithm(Algorithm(
-    "gtpo_per_polarity", adv.gtpo, uses_entropy=True, advantage_kwargs={"normalize": "per_polarity"}, **_DAPO_LOSS,
-    description="GTPO with O+ and O- normalised separately (study variant)"))
-register_algorithm(Algorithm(
-    "gtpo_per_polarity_batch", adv.gtpo, uses_entropy=True, advantage_kwargs={"normalize": "per_polarity_batch"},
-    **_DAPO_LOSS, description="GTPO with O+ and O- normalised separately over the whole batch (study variant)"))
-register_algorithm(Algorithm(
-    "grpo_s", adv.grpo_s, uses_entropy=True, level="sequence", **_DAPO_LOSS,
-    description="GRPO-S: sequence-level entropy-weighted rewards, sequence-level ratio"))
-register_algorithm(Algorithm(
-    "grpo_s_token", adv.grpo_s, uses_entropy=True, **_DAPO_LOSS,
-    description="GRPO-S advantages with the token-level loss (comparison variant)"))
+register_algorithm(
+    Algorithm(
+        "grpo",
+        _ignore_entropies(adv.grpo),
+        agg="seq-mean-token-mean",
+        description="GRPO: group z-scored outcome reward, same for every token",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "dr_grpo",
+        _ignore_entropies(adv.grpo),
+        agg="seq-mean-token-sum-norm",
+        advantage_kwargs={"scale": "none"},
+        description="Dr. GRPO: no std division, constant length normaliser",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "dapo",
+        _ignore_entropies(adv.dapo),
+        **_DAPO_LOSS,
+        description="DAPO: GRPO advantage, clip-higher, token-mean, dynamic sampling, overlong shaping",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "gtpo",
+        adv.gtpo,
+        uses_entropy=True,
+        **_DAPO_LOSS,
+        description="GTPO: token-level entropy-weighted rewards, token advantages (joint z-score)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "gtpo_per_polarity",
+        adv.gtpo,
+        uses_entropy=True,
+        advantage_kwargs={"normalize": "per_polarity"},
+        **_DAPO_LOSS,
+        description="GTPO with O+ and O- normalised separately (study variant)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "gtpo_per_polarity_batch",
+        adv.gtpo,
+        uses_entropy=True,
+        advantage_kwargs={"normalize": "per_polarity_batch"},
+        **_DAPO_LOSS,
+        description="GTPO with O+ and O- normalised separately over the whole batch (study variant)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "grpo_s",
+        adv.grpo_s,
+        uses_entropy=True,
+        level="sequence",
+        **_DAPO_LOSS,
+        description="GRPO-S: sequence-level entropy-weighted rewards, sequence-level ratio",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "grpo_s_token",
+        adv.grpo_s,
+        uses_entropy=True,
+        **_DAPO_LOSS,
+        description="GRPO-S advantages with the token-level loss (comparison variant)",
+    )
+)

@@ -34,8 +34,15 @@ from . import distributed as dist
 from . import runs
 from .models import quiet_hub_bars
 
-__all__ = ["save_checkpoint", "save_training", "restore_training", "verify_checkpoint", "intact_checkpoints",
-           "checkpoint_name", "TIED_KEYS"]
+__all__ = [
+    "save_checkpoint",
+    "save_training",
+    "restore_training",
+    "verify_checkpoint",
+    "intact_checkpoints",
+    "checkpoint_name",
+    "TIED_KEYS",
+]
 
 TIED_KEYS = {"lm_head.weight"}  #: not saved when tied to the input embeddings
 
@@ -45,8 +52,18 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def save_checkpoint(run_dir, step: int, *, model, tokenizer, trainer_state: dict, meta: dict, keep: int,
-                    model_state: dict | None = None, fault=None) -> Path:
+def save_checkpoint(
+    run_dir,
+    step: int,
+    *,
+    model,
+    tokenizer,
+    trainer_state: dict,
+    meta: dict,
+    keep: int,
+    model_state: dict | None = None,
+    fault=None,
+) -> Path:
     """Write checkpoint ``step`` of the run in ``run_dir`` and keep the newest ``keep``; return its path.
 
     ``model_state``: the weights to save instead of ``model``'s own (the full state gathered from
@@ -73,9 +90,12 @@ def save_checkpoint(run_dir, step: int, *, model, tokenizer, trainer_state: dict
         shutil.rmtree(tmp, ignore_errors=True)
         if _disk_full(e):
             free = shutil.disk_usage(root).free / 2**20
-            raise OSError(errno.ENOSPC, f"disk full while writing checkpoint {name} in {root} ({free:.0f} MiB free "
-                          f"now): free some space, then resume the run from its last complete checkpoint "
-                          f"(resume({str(run_dir)!r}) or python -m workbench train --resume {run_dir})") from e
+            raise OSError(
+                errno.ENOSPC,
+                f"disk full while writing checkpoint {name} in {root} ({free:.0f} MiB free "
+                f"now): free some space, then resume the run from its last complete checkpoint "
+                f"(resume({str(run_dir)!r}) or python -m workbench train --resume {run_dir})",
+            ) from e
         raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -132,8 +152,9 @@ def intact_checkpoints(run_dir) -> Iterator[tuple[Path, dict, dict, dict]]:
         try:  # weights_only: plain tensors and containers; any other pickle is refused unrun
             state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
         except pickle.UnpicklingError as e:
-            warnings.warn(f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})",
-                          stacklevel=3)
+            warnings.warn(
+                f"refusing checkpoint {ckpt}: trainer_state.pt is not a plain tensor file ({e})", stacklevel=3
+            )
             continue
         weights = {k: v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}  # shards too
         yield ckpt, weights, state, json.loads((ckpt / "checkpoint.json").read_text())
@@ -154,8 +175,20 @@ def _fsync_files(path: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_training(run_dir, step: int, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int, fsdp: bool,
-                  is_main: bool, fault=None) -> Path | None:
+def save_training(
+    run_dir,
+    step: int,
+    *,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    meta: dict,
+    keep: int,
+    fsdp: bool,
+    is_main: bool,
+    fault=None,
+) -> Path | None:
     """Checkpoint a training run: weights, tokenizer, optimizer, scheduler and RNG states. Call it
     on every process: under FSDP (``model`` sharded) they gather the full state together; the
     main process writes it (the others return ``None``). ``model`` may be wrapped (DDP)."""
@@ -166,10 +199,24 @@ def save_training(run_dir, step: int, *, model, tokenizer, optimizer, scheduler,
     if not is_main:
         return None
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    state = {"optimizer": optim_state if fsdp else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "cuda_rng": cuda_rng}
-    return save_checkpoint(run_dir, step, model=unwrapped, tokenizer=tokenizer, trainer_state=state, meta=meta,
-                           keep=keep, model_state=model_state, fault=fault)
+    state = {
+        "optimizer": optim_state if fsdp else optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "cuda_rng": cuda_rng,
+    }
+    return save_checkpoint(
+        run_dir,
+        step,
+        model=unwrapped,
+        tokenizer=tokenizer,
+        trainer_state=state,
+        meta=meta,
+        keep=keep,
+        model_state=model_state,
+        fault=fault,
+    )
 
 
 def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dict | None:

@@ -43,8 +43,10 @@ def _train(args) -> int:
     print(f"run directory: {run.path}")
     task_info = json.loads((run.path / "task.json").read_text()) if (run.path / "task.json").exists() else {}
     if task_info.get("skipped_lines"):
-        print(f"skipped {task_info['skipped_lines']} malformed line(s) of {task_info.get('path')} (lenient=True; "
-              f"listed in {run.path / 'task.json'})")
+        print(
+            f"skipped {task_info['skipped_lines']} malformed line(s) of {task_info.get('path')} (lenient=True; "
+            f"listed in {run.path / 'task.json'})"
+        )
     evals = run.evals
     if len(evals):
         print(evals.to_string(index=False))
@@ -54,8 +56,18 @@ def _train(args) -> int:
 def _warmstart(args) -> int:
     from .warmstart import warm_start
 
-    names = ("task", "seed", "target_accuracy", "max_steps", "out", "eval_size", "eval_every", "init", "batch_size",
-             "lr")
+    names = (
+        "task",
+        "seed",
+        "target_accuracy",
+        "max_steps",
+        "out",
+        "eval_size",
+        "eval_every",
+        "init",
+        "batch_size",
+        "lr",
+    )
     kwargs = {k: v for k, v in vars(args).items() if k in names}
     kwargs["task_params"] = json.loads(args.task_params)
     if kwargs["out"] is None:
@@ -71,8 +83,13 @@ def _study(args) -> int:
 
     settings = [json.loads(s) for s in args.setting] or [{}]
     base = _overrides(args)
-    table = run_grid(args.root, algorithms=args.algorithms.split(","),
-                     seeds=[int(s) for s in args.seeds.split(",")], settings=settings, base=base)
+    table = run_grid(
+        args.root,
+        algorithms=args.algorithms.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        settings=settings,
+        base=base,
+    )
     save_manifest(args.root, "python -m workbench " + shlex.join(sys.argv[1:] if args.argv is None else args.argv))
     print(describe(table, "final_accuracy").to_string(index=False))
     return 0
@@ -136,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="GTPO / GRPO-S research workbench")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
@@ -156,9 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="directory of the study (runs/ and results.csv)")
     p.add_argument("--algorithms", default="grpo,dapo,gtpo,grpo_s", help="comma-separated registry names")
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
-    p.add_argument("--setting", action="append", default=[], metavar="JSON",
-                   help='TrainConfig overrides of one setting, e.g. \'{"task": "chain", "task_params": {"steps": 8}}\' '
-                        "(repeat for several)")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='TrainConfig overrides of one setting, e.g. \'{"task": "chain", "task_params": {"steps": 8}}\' '
+        "(repeat for several)",
+    )
     _add_config_options(p)
 
     p = command("warmstart", _warmstart, "supervised warm start of the tiny model (rebuilds the shipped checkpoint)")
@@ -171,11 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--eval-every", type=int, default=25, help="SFT steps between accuracy checks")
     p.add_argument("--eval-size", type=int, default=256, help="held-out problems per accuracy check")
-    p.add_argument("--init", default=None, metavar="DIR",
-                   help="continue from this local checkpoint (e.g. a warm start on shorter chains) instead of a "
-                        "fresh model")
-    p.add_argument("--out", default=None, help="output directory (default: the shipped checkpoint path); "
-                   "an interrupted warm start resumes when called again with the same arguments")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="DIR",
+        help="continue from this local checkpoint (e.g. a warm start on shorter chains) instead of a fresh model",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: the shipped checkpoint path); "
+        "an interrupted warm start resumes when called again with the same arguments",
+    )
 
     p = command("convert-gguf", _convert_gguf, "convert a GGUF model file into a safetensors checkpoint directory")
     p.add_argument("file", help="the .gguf file (or a name workbench.models.load_model resolves to one)")

@@ -16,6 +16,23 @@ __all__ = ["TrainConfig", "DEFAULT_INIT"]
 #: Fields whose ``None`` means "the algorithm's own value" (resolved from the registry).
 _ALGORITHM_DEFAULTS = ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping")
 
+_AT_LEAST_ONE = (
+    "steps",
+    "prompts_per_step",
+    "group_size",
+    "max_new_tokens",
+    "ppo_epochs",
+    "minibatches",
+    "max_sampling_rounds",
+    "eval_every",
+    "eval_size",
+    "log_samples_every",
+    "save_every",
+    "keep_checkpoints",
+    "max_bad_steps",
+    "overlong_cache",
+)
+
 #: The shipped warm-start checkpoint (``python -m workbench warmstart`` rebuilds it).
 DEFAULT_INIT = str(Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "addition-warmstart")
 
@@ -48,55 +65,73 @@ class TrainConfig:
     # what to train
     algorithm: str = _field("gtpo", "RL algorithm: a name in the registry (workbench.ALGORITHMS)")
     task: str = _field("addition", "verifiable task (workbench.tasks)")
-    task_params: dict = _field(help='the task\'s parameters, e.g. {"digits": 3}, {"steps": 16} for chain, '
-                                    '{"path": "data.jsonl", "lenient": true} for jsonl', factory=dict)
-    model: str = _field("default", "'default' (the shipped warm start), 'tiny' (a fresh 1 M-parameter model), a "
-                                   "local checkpoint directory, or another source workbench.models.load_model reads")
-    model_params: dict = _field(help="Qwen2Config overrides for model='tiny', e.g. {\"hidden_size\": 64}",
-                                factory=dict)
+    task_params: dict = _field(
+        help='the task\'s parameters, e.g. {"digits": 3}, {"steps": 16} for chain, '
+        '{"path": "data.jsonl", "lenient": true} for jsonl',
+        factory=dict,
+    )
+    model: str = _field(
+        "default",
+        "'default' (the shipped warm start), 'tiny' (a fresh 1 M-parameter model), a "
+        "local checkpoint directory, or another source workbench.models.load_model reads",
+    )
+    model_params: dict = _field(help="Qwen2Config overrides for model='tiny', e.g. {\"hidden_size\": 64}", factory=dict)
     trust_remote_code: bool = _field(False, "run code shipped with a local checkpoint (off unless asked)")
     chat_template: bool | None = _field(None, "wrap prompts in the tokenizer's chat template (None: when it has one)")
     # algorithm knobs (None: the algorithm's default)
-    advantage_kwargs: dict = _field(help='options of the advantage function, e.g. {"alpha2": 0.2, "normalize": '
-                                         '"per_polarity"} (checked against its signature)', factory=dict)
+    advantage_kwargs: dict = _field(
+        help='options of the advantage function, e.g. {"alpha2": 0.2, "normalize": '
+        '"per_polarity"} (checked against its signature)',
+        factory=dict,
+    )
     eps_low: float | None = _field(None, "lower clip range of the ratio: clip(rho, 1 - eps_low, 1 + eps_high)")
     eps_high: float | None = _field(None, "upper clip range of the ratio (clip-higher when > eps_low)")
     agg: str | None = _field(None, "loss aggregation over tokens and responses", choices=AGGREGATIONS)
-    level: str | None = _field(None, "importance ratio per token, or per response (GRPO-S's Eq. 10-11)",
-                               choices=LEVELS)
+    level: str | None = _field(None, "importance ratio per token, or per response (GRPO-S's Eq. 10-11)", choices=LEVELS)
     beta_kl: float | None = _field(None, "weight of the k3 KL penalty to a frozen reference model (0: none)")
     entropy_coef: float = _field(0.0, "weight of the entropy bonus (aggregated like the loss, as in verl)")
-    clip_ratio_c: float | None = _field(None, "verl's dual clip, e.g. 3.0: the loss of a token with negative "
-                                              "advantage is capped at -A * clip_ratio_c (None: off)")
+    clip_ratio_c: float | None = _field(
+        None,
+        "verl's dual clip, e.g. 3.0: the loss of a token with negative "
+        "advantage is capped at -A * clip_ratio_c (None: off)",
+    )
     dynamic_sampling: bool | None = _field(None, "drop groups whose rewards are all equal and sample more (DAPO)")
     max_sampling_rounds: int = _field(3, "cap on sampling rounds per step with dynamic sampling")
-    overlong_shaping: bool | None = _field(None, "DAPO's soft overlong penalty on responses longer than "
-                                                 "max_new_tokens - overlong_cache")
-    overlong_cache: int = _field(4, "DAPO's L_cache in tokens: the penalty ramps from 0 to -1 over the last "
-                                    "overlong_cache tokens of max_new_tokens")
+    overlong_shaping: bool | None = _field(
+        None, "DAPO's soft overlong penalty on responses longer than max_new_tokens - overlong_cache"
+    )
+    overlong_cache: int = _field(
+        4,
+        "DAPO's L_cache in tokens: the penalty ramps from 0 to -1 over the last "
+        "overlong_cache tokens of max_new_tokens",
+    )
     grop: bool = _field(False, "add the paper's GROP group-relative length penalty (Appendix D) to the rewards")
     format_reward: float = _field(0.0, "weight of the task's format reward term")
     # rollout
     steps: int = _field(200, "RL steps")
     prompts_per_step: int = _field(16, "prompts sampled per step (per sampling round)")
     group_size: int = _field(8, "responses sampled per prompt (n)")
-    max_new_tokens: int = _field(20, "response budget in tokens (also L_max of overlong shaping and Dr. GRPO's "
-                                     "constant length)")
+    max_new_tokens: int = _field(
+        20, "response budget in tokens (also L_max of overlong shaping and Dr. GRPO's constant length)"
+    )
     temperature: float = _field(1.0, "sampling temperature (entropies and log-probs are taken at it too)")
     top_p: float = _field(1.0, "nucleus sampling threshold (1: off)")
-    generation_cache: str = _field("dynamic", "KV cache of generation: dynamic (each prompt computed once per "
-                                              "group) or static (compiled decode on CUDA)", choices=("dynamic", "static"))
+    generation_cache: str = _field(
+        "dynamic",
+        "KV cache of generation: dynamic (each prompt computed once per group) or static (compiled decode on CUDA)",
+        choices=("dynamic", "static"),
+    )
     # update
     lr: float = _field(2e-4, "AdamW learning rate")
-    lr_schedule: str = _field("constant", "learning-rate schedule after warm-up", choices=("constant", "linear",
-                                                                                            "cosine"))
+    lr_schedule: str = _field(
+        "constant", "learning-rate schedule after warm-up", choices=("constant", "linear", "cosine")
+    )
     warmup_steps: int = _field(0, "steps of linear learning-rate warm-up")
     weight_decay: float = _field(0.0, "AdamW weight decay")
     max_grad_norm: float = _field(1.0, "gradient clipping norm")
     ppo_epochs: int = _field(1, "passes over each rollout batch")
     minibatches: int = _field(1, "optimizer steps per epoch (the rollout batch is split)")
-    micro_batch_size: int = _field(0, "sequences per forward/backward (gradients accumulate); 0: the whole "
-                                      "mini-batch")
+    micro_batch_size: int = _field(0, "sequences per forward/backward (gradients accumulate); 0: the whole mini-batch")
     max_bad_steps: int = _field(5, "consecutive non-finite updates before the run stops")
     gradient_checkpointing: bool = _field(False, "recompute activations in the backward (less memory, same numbers)")
     # logging, evaluation, checkpoints
@@ -110,14 +145,23 @@ class TrainConfig:
     seed: int = _field(0, "random seed (sampling, prompts, mini-batch order)")
     output_dir: str = _field("runs/run", "the run directory")
     device: str = _field("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    mixed_precision: str = _field("auto", "auto (bf16 on a GPU), no, bf16 or fp16", choices=("auto", "no", "bf16",
-                                                                                              "fp16"))
+    mixed_precision: str = _field(
+        "auto", "auto (bf16 on a GPU), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16")
+    )
     # several processes (torchrun / accelerate launch); ignored by a single process
-    parallel: str = _field("ddp", "several processes: ddp (a model replica per process) or fsdp (parameters, "
-                                  "gradients and optimizer state sharded)", choices=("ddp", "fsdp"))
-    rollout: str = _field("sharded", "several processes: sharded (each samples its share of the prompts) or "
-                                     "replicated (each samples the whole batch: the one-process run, number for "
-                                     "number)", choices=("sharded", "replicated"))
+    parallel: str = _field(
+        "ddp",
+        "several processes: ddp (a model replica per process) or fsdp (parameters, "
+        "gradients and optimizer state sharded)",
+        choices=("ddp", "fsdp"),
+    )
+    rollout: str = _field(
+        "sharded",
+        "several processes: sharded (each samples its share of the prompts) or "
+        "replicated (each samples the whole batch: the one-process run, number for "
+        "number)",
+        choices=("sharded", "replicated"),
+    )
 
     def __post_init__(self):
         self.validate()
@@ -125,6 +169,8 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> None:
+        """Check every field (type, range, choices, the model source, the advantage options);
+        raise ``TypeError``/``ValueError`` naming the field."""
         types = {f.name: f.type for f in dataclasses.fields(self)}
         for f in dataclasses.fields(self):
             self._check_type(f.name, getattr(self, f.name), types[f.name])
@@ -134,46 +180,11 @@ class TrainConfig:
 
         if self.task not in TASKS:
             raise ValueError(f"task: unknown {self.task!r}; known: {', '.join(sorted(TASKS))}")
-        positive_ints = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "minibatches",
-                         "max_sampling_rounds", "eval_every", "eval_size", "log_samples_every", "save_every",
-                         "keep_checkpoints", "max_bad_steps", "overlong_cache")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "micro_batch_size", "log_groups", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (a group statistic needs two responses), got {self.group_size}")
-        if self.minibatches > self.prompts_per_step * self.group_size:
-            raise ValueError(f"minibatches ({self.minibatches}) exceeds the rollout batch "
-                             f"({self.prompts_per_step} prompts x {self.group_size})")
-        for name in ("temperature", "lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        for name in ("weight_decay", "max_grad_norm", "entropy_coef", "format_reward"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("eps_low", "eps_high", "beta_kl"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (verl's dual clip, e.g. 3.0) or None (off), got {self.clip_ratio_c!r}")
-        if self.eps_low is not None and self.eps_low >= 1:
-            raise ValueError(f"eps_low must be < 1, got {self.eps_low!r}")
-        lo, hi = self.resolved("eps_low"), self.resolved("eps_high")
-        if hi < lo:
-            raise ValueError(f"eps_high ({hi}) must be >= eps_low ({lo}): clip-higher widens the upper bound")
-        if self.overlong_cache > self.max_new_tokens:
-            raise ValueError(f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})")
-        for name in ("agg", "level", "generation_cache", "lr_schedule", "device", "mixed_precision", "parallel",
-                     "rollout"):
-            options, value = self.choices(name), getattr(self, name)
-            if value is not None and value not in options:
-                raise ValueError(f"{name} must be one of {options}, got {value!r}")
+        self._check_ranges()
+        for f in dataclasses.fields(self):
+            options, value = f.metadata.get("choices"), getattr(self, f.name)
+            if options and value is not None and value not in options:
+                raise ValueError(f"{f.name} must be one of {options}, got {value!r}")
         if self.model not in ("default", "tiny"):
             from .models import check_model_source
 
@@ -181,6 +192,52 @@ class TrainConfig:
         ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
+
+    def _check_ranges(self) -> None:
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in (
+            "warmup_steps",
+            "micro_batch_size",
+            "log_groups",
+            "seed",
+            "weight_decay",
+            "max_grad_norm",
+            "entropy_coef",
+            "format_reward",
+            "eps_low",
+            "eps_high",
+            "beta_kl",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group statistic needs two responses), got {self.group_size}")
+        if self.minibatches > self.prompts_per_step * self.group_size:
+            raise ValueError(
+                f"minibatches ({self.minibatches}) exceeds the rollout batch "
+                f"({self.prompts_per_step} prompts x {self.group_size})"
+            )
+        for name in ("temperature", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
+            raise ValueError(
+                f"clip_ratio_c must be > 1 (verl's dual clip, e.g. 3.0) or None (off), got {self.clip_ratio_c!r}"
+            )
+        if self.eps_low is not None and self.eps_low >= 1:
+            raise ValueError(f"eps_low must be < 1, got {self.eps_low!r}")
+        lo, hi = self.resolved("eps_low"), self.resolved("eps_high")
+        if hi < lo:
+            raise ValueError(f"eps_high ({hi}) must be >= eps_low ({lo}): clip-higher widens the upper bound")
+        if self.overlong_cache > self.max_new_tokens:
+            raise ValueError(
+                f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})"
+            )
 
     @classmethod
     def choices(cls, name: str) -> tuple | None:
@@ -204,8 +261,11 @@ class TrainConfig:
             for algo in sorted(ALGORITHMS):
                 values.setdefault(getattr(ALGORITHMS[algo], name), []).append(algo)
             per_algo = "; ".join(f"{', '.join(names)}: {_show(value)}" for value, names in values.items())
-            text += f" (default: the algorithm's own: {per_algo})" if len(values) > 1 else \
-                f" (default: the algorithm's own: {_show(next(iter(values)))} for every registered one)"
+            text += (
+                f" (default: the algorithm's own: {per_algo})"
+                if len(values) > 1
+                else f" (default: the algorithm's own: {_show(next(iter(values)))} for every registered one)"
+            )
         else:
             text += f" (default: {_show(default)})"
         options = cls.choices(name)
@@ -215,8 +275,14 @@ class TrainConfig:
     def _check_type(name, value, annotation) -> None:
         ann = str(annotation)
         allowed = {
-            "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,),
-            "float | None": (int, float, type(None)), "str | None": (str, type(None)), "bool | None": (bool, type(None)),
+            "str": (str,),
+            "int": (int,),
+            "float": (int, float),
+            "bool": (bool,),
+            "dict": (dict,),
+            "float | None": (int, float, type(None)),
+            "str | None": (str, type(None)),
+            "bool | None": (bool, type(None)),
         }[ann]
         if isinstance(value, bool) and bool not in allowed:
             raise TypeError(f"{name} must be {ann}, got a bool ({value!r})")
@@ -262,7 +328,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         """Build from a dict; unknown keys are an error that lists them."""
         if not isinstance(data, dict):
             raise TypeError(f"config must be a dict, got {type(data).__name__}")
@@ -273,7 +339,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, path) -> "TrainConfig":
+    def load(cls, path) -> TrainConfig:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -283,5 +349,5 @@ class TrainConfig:
             raise ValueError(f"config file {str(path)!r} is not valid JSON: {e}") from None
         return cls.from_dict(data)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -16,9 +16,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_config", "share", "my_groups", "any_process", "sum_over_processes", "max_over_processes",
-           "main_decides", "all_finite", "reduce_metrics", "shard_fsdp", "full_state", "load_full_state",
-           "SUMMED_METRICS", "needs_whole_batch"]
+__all__ = [
+    "check_config",
+    "share",
+    "my_groups",
+    "any_process",
+    "sum_over_processes",
+    "max_over_processes",
+    "main_decides",
+    "all_finite",
+    "reduce_metrics",
+    "shard_fsdp",
+    "full_state",
+    "load_full_state",
+    "SUMMED_METRICS",
+    "needs_whole_batch",
+]
 
 #: Loss terms: each process's value is its share of a global sum, so they add up over processes.
 SUMMED_METRICS = ("loss", "policy_loss", "kl_ref", "entropy")
@@ -36,17 +49,23 @@ def check_config(config, world: int, advantage_kwargs: dict) -> None:
         return
     for name, ok in (("minibatches", config.minibatches == 1), ("micro_batch_size", config.micro_batch_size == 0)):
         if not ok:
-            raise ValueError(f"{name}: multi-process training ({world} processes) supports one mini-batch and no "
-                             "micro-batches per update (each process updates on its share of the groups); set "
-                             "minibatches=1 and micro_batch_size=0")
+            raise ValueError(
+                f"{name}: multi-process training ({world} processes) supports one mini-batch and no "
+                "micro-batches per update (each process updates on its share of the groups); set "
+                "minibatches=1 and micro_batch_size=0"
+            )
     sharded = config.rollout == "sharded"
     if sharded and config.prompts_per_step < world:
-        raise ValueError(f"prompts_per_step ({config.prompts_per_step}) is smaller than the number of processes "
-                         f"({world}): with rollout='sharded' every process samples at least one prompt; raise "
-                         "prompts_per_step or set rollout='replicated'")
+        raise ValueError(
+            f"prompts_per_step ({config.prompts_per_step}) is smaller than the number of processes "
+            f"({world}): with rollout='sharded' every process samples at least one prompt; raise "
+            "prompts_per_step or set rollout='replicated'"
+        )
     if sharded and needs_whole_batch(advantage_kwargs):
-        raise ValueError(f"advantage_kwargs {advantage_kwargs}: these advantages need the whole batch's rewards "
-                         "and entropies in every process: set rollout='replicated'")
+        raise ValueError(
+            f"advantage_kwargs {advantage_kwargs}: these advantages need the whole batch's rewards "
+            "and entropies in every process: set rollout='replicated'"
+        )
 
 
 def share(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -110,8 +129,7 @@ def reduce_metrics(accelerator, metrics: dict, weight: float) -> dict:
         return metrics
     names = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
     values = [float(metrics[k]) if k in SUMMED_METRICS else float(metrics[k]) * weight for k in names]
-    summed = accelerator.reduce(torch.tensor(values + [weight], dtype=torch.float64, device=accelerator.device),
-                                "sum")
+    summed = accelerator.reduce(torch.tensor(values + [weight], dtype=torch.float64, device=accelerator.device), "sum")
     out = dict(metrics)
     for i, k in enumerate(names):
         out[k] = float(summed[i]) if k in SUMMED_METRICS else float(summed[i] / summed[-1].clamp(min=1e-12))
@@ -128,8 +146,10 @@ def shard_fsdp(model, accelerator):
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in blocks]
     if not layers:
-        raise ValueError(f"parallel='fsdp': {type(model).__name__} names no transformer block classes "
-                         "(_no_split_modules) to shard by")
+        raise ValueError(
+            f"parallel='fsdp': {type(model).__name__} names no transformer block classes "
+            "(_no_split_modules) to shard by"
+        )
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
     for layer in layers:
@@ -143,8 +163,9 @@ def full_state(model, optimizer, tied_keys=()) -> tuple[dict, dict]:
     every process: they gather together); tied weights (``tied_keys``) saved once."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer,
-                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, optim_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     return {k: v for k, v in model_state.items() if k not in tied_keys}, optim_state
 
 
@@ -153,5 +174,10 @@ def load_full_state(model, optimizer, weights: dict, optim_state: dict):
     returns ``(missing, unexpected)`` keys."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    return set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim_state,
-                          options=StateDictOptions(full_state_dict=True, strict=False))
+    return set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=weights,
+        optim_state_dict=optim_state,
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )

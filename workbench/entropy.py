@@ -27,6 +27,7 @@ def _rows_per_chunk(chunk_size: int | None, vocab: int) -> int:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     return chunk_size
 
+
 __all__ = ["token_stats", "token_stats_from_hidden", "token_stats_from_model", "DEFAULT_CHUNK_SIZE"]
 
 
@@ -79,7 +80,11 @@ def token_stats(
     _checks.positive("temperature", temperature)
     B, T, V = logits.shape
     chunk_size = _rows_per_chunk(chunk_size, V)
-    m = torch.ones(B, T, dtype=torch.bool, device=logits.device) if mask is None else _checks.mask("mask", mask, (B, T)).to(logits.device)
+    m = (
+        torch.ones(B, T, dtype=torch.bool, device=logits.device)
+        if mask is None
+        else _checks.mask("mask", mask, (B, T)).to(logits.device)
+    )
     if V == 0:
         raise ValueError("logits has an empty vocabulary dimension (V = 0)")
     bad = m & ((tokens < 0) | (tokens >= V))
@@ -130,8 +135,9 @@ class _LinearTokenStats(torch.autograd.Function):
         for start in range(0, N, chunk_size):
             rows = slice(start, start + chunk_size)
             if impl == "triton":
-                lse[rows], logp[rows], ent[rows] = _triton().stats_forward(hidden[rows] @ weight.T, tokens[rows],
-                                                                              temperature)
+                lse[rows], logp[rows], ent[rows] = _triton().stats_forward(
+                    hidden[rows] @ weight.T, tokens[rows], temperature
+                )
                 continue
             z = (hidden[rows] @ weight.T).float() / temperature
             lse_c = z.logsumexp(-1)
@@ -151,14 +157,23 @@ class _LinearTokenStats(torch.autograd.Function):
         hidden, weight, tokens, lse, ent = ctx.saved_tensors
         T, chunk = ctx.temperature, ctx.chunk_size
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        )
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             if ctx.impl == "triton":  # the gradient overwrites the recomputed logits, in their dtype
                 z = hidden[rows] @ weight.T
                 dz = _triton().stats_backward(
-                    z, tokens[rows], lse[rows], ent[rows], None if grad_logp is None else grad_logp[rows],
-                    None if grad_ent is None else grad_ent[rows], T, out=z)
+                    z,
+                    tokens[rows],
+                    lse[rows],
+                    ent[rows],
+                    None if grad_logp is None else grad_logp[rows],
+                    None if grad_ent is None else grad_ent[rows],
+                    T,
+                    out=z,
+                )
                 if grad_hidden is not None:
                     grad_hidden[rows] = dz @ weight
                 if grad_weight is not None:
@@ -172,7 +187,9 @@ class _LinearTokenStats(torch.autograd.Function):
                 dz -= grad_logp[rows, None] * p
                 dz.scatter_add_(-1, tokens[rows, None], grad_logp[rows, None])
             if grad_ent is not None:
-                plogp = torch.where(p > 0, p * (logp_all + ent[rows, None]), torch.zeros((), dtype=z.dtype, device=z.device))
+                plogp = torch.where(
+                    p > 0, p * (logp_all + ent[rows, None]), torch.zeros((), dtype=z.dtype, device=z.device)
+                )
                 dz -= grad_ent[rows, None] * plogp
             dz /= T
             if grad_hidden is not None:
@@ -204,8 +221,10 @@ def _resolve_impl(impl: str, device: torch.device) -> str:
     if impl == "auto":
         return "triton" if device.type == "cuda" and _triton_works(device) else "torch"
     if impl == "triton" and not _triton().available(device):
-        raise RuntimeError(f"impl='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
-                           f"got a {device.type} tensor" + ("" if _triton().triton else " and no triton installed"))
+        raise RuntimeError(
+            f"impl='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
+            f"got a {device.type} tensor" + ("" if _triton().triton else " and no triton installed")
+        )
     return impl
 
 
@@ -217,11 +236,16 @@ def _triton_works(device: torch.device) -> bool:
             try:
                 _TRITON_CHECKED[key] = _parity(device) < 1e-3
                 if not _TRITON_CHECKED[key]:
-                    warnings.warn(f"the Triton token-statistics kernels disagree with PyTorch on {key}; "
-                                  "using the PyTorch path", stacklevel=3)
+                    warnings.warn(
+                        f"the Triton token-statistics kernels disagree with PyTorch on {key}; using the PyTorch path",
+                        stacklevel=3,
+                    )
             except Exception as e:  # a compiler or driver problem: keep the reference path
-                warnings.warn(f"the Triton token-statistics kernels failed on {key} ({type(e).__name__}: {e}); "
-                              "using the PyTorch path", stacklevel=3)
+                warnings.warn(
+                    f"the Triton token-statistics kernels failed on {key} ({type(e).__name__}: {e}); "
+                    "using the PyTorch path",
+                    stacklevel=3,
+                )
     return _TRITON_CHECKED[key]
 
 
@@ -272,20 +296,27 @@ def token_stats_from_hidden(
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [V, {hidden.shape[2]}]")
     if tuple(tokens.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected hidden.shape[:2] = {tuple(hidden.shape[:2])}")
+        raise ValueError(
+            f"tokens has shape {tuple(tokens.shape)}, expected hidden.shape[:2] = {tuple(hidden.shape[:2])}"
+        )
     _checks.positive("temperature", temperature)
     B, T, _ = hidden.shape
     V = weight.shape[0]
     chunk_size = _rows_per_chunk(chunk_size, V)
-    m = torch.ones(B, T, dtype=torch.bool, device=hidden.device) if mask is None else _checks.mask("mask", mask, (B, T)).to(hidden.device)
+    m = (
+        torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        if mask is None
+        else _checks.mask("mask", mask, (B, T)).to(hidden.device)
+    )
     bad = m & ((tokens < 0) | (tokens >= V))
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"tokens has an id outside [0, {V}) at valid position {idx}")
     flat_tok = torch.where(m, tokens, torch.zeros_like(tokens)).reshape(-1).long()
     impl = _resolve_impl(impl, hidden.device)
-    logp, ent = _LinearTokenStats.apply(hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size,
-                                        impl)
+    logp, ent = _LinearTokenStats.apply(
+        hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size, impl
+    )
     if not entropy_grad:
         ent = ent.detach()
     zero = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -375,8 +406,16 @@ def token_stats_from_model(
         else:
             hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state
         hidden = hidden[:, -(response_len + 1) : -1, :]
-        return token_stats_from_hidden(hidden, weight, tokens, response_mask, temperature=temperature,
-                                       chunk_size=chunk_size, entropy_grad=entropy_grad, impl=impl)
+        return token_stats_from_hidden(
+            hidden,
+            weight,
+            tokens,
+            response_mask,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            entropy_grad=entropy_grad,
+            impl=impl,
+        )
     try:
         out = model(input_ids=input_ids, logits_to_keep=response_len + 1, **kwargs)
     except TypeError:  # models without logits_to_keep

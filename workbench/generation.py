@@ -38,16 +38,32 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool | None = N
     if not chat_template:
         return list(prompts)
     if not has:
-        raise ValueError("chat_template=True but the tokenizer has no chat template; "
-                         "set chat_template to false or use a checkpoint whose tokenizer_config.json has one")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+        raise ValueError(
+            "chat_template=True but the tokenizer has no chat template; "
+            "set chat_template to false or use a checkpoint whose tokenizer_config.json has one"
+        )
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 16, do_sample: bool = True,
-             temperature: float = 1.0, top_p: float = 1.0, autocast=None, synced_gpus: bool = False,
-             share_prompt: bool = True, cache: str = "dynamic") -> Generated:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 16,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    autocast=None,
+    synced_gpus: bool = False,
+    share_prompt: bool = True,
+    cache: str = "dynamic",
+) -> Generated:
     """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch).
 
     ``share_prompt``: with ``n > 1``, run each prompt through the model once and copy its KV cache
@@ -63,10 +79,19 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens
     if cache not in ("dynamic", "static"):
         raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    pad_to_multiple_of=32 if cache == "static" else None).to(device)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    enc = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        pad_to_multiple_of=32 if cache == "static" else None,
+    ).to(device)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     if cache == "static":
         kwargs["cache_implementation"] = "static"
         share_prompt = False
@@ -86,7 +111,7 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens
     model.train(was_training)
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
-    response = out[:, prompt_ids.shape[1]:]
+    response = out[:, prompt_ids.shape[1] :]
     if response.shape[1] == 0:
         raise RuntimeError("generation returned no new tokens")
     is_eos = response == tokenizer.eos_token_id
@@ -108,19 +133,39 @@ def _shared_prompt_inputs(model, enc, n: int) -> dict:
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding, as generate counts them
     # transformers 5.x names the argument ``cache``; earlier releases ``past_key_values``
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], use_cache=True,
-          **{name: cache})
+    model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=True,
+        **{name: cache},
+    )
     cache.batch_repeat_interleave(n)
     return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), name: cache}
 
 
-def accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, do_sample: bool = False,
-             temperature: float = 1.0, batch_size: int = 256) -> float:
+def accuracy(
+    model,
+    tokenizer,
+    task,
+    examples,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+) -> float:
     """Fraction of ``examples`` answered correctly (greedy by default)."""
     correct = 0
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        out = generate(model, tokenizer, [e.prompt for e in chunk], max_new_tokens=max_new_tokens,
-                       do_sample=do_sample, temperature=temperature)
+        chunk = examples[start : start + batch_size]
+        out = generate(
+            model,
+            tokenizer,
+            [e.prompt for e in chunk],
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+        )
         correct += sum(task.reward(e, t) > 0.5 for e, t in zip(chunk, out.texts))
     return correct / len(examples)

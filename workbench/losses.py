@@ -45,8 +45,9 @@ LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: keeps a wild ratio finite; irrelevant i
 __all__ = ["policy_loss", "aggregate", "AGGREGATIONS", "LEVELS"]
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str, denominator: float | None = None,
-              norm_len: int | None = None) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, agg: str, denominator: float | None = None, norm_len: int | None = None
+) -> torch.Tensor:
     """Reduce per-token ``values [B, T]`` to a scalar with one of :data:`AGGREGATIONS`.
 
     ``norm_len``: the constant length of ``"seq-mean-token-sum-norm"`` (default: ``T``, the
@@ -69,8 +70,24 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str, denominator: f
     return per_seq.sum() / n_seq
 
 
-def _check_inputs(logp_new, logp_old, advantages, mask, *, eps_low, eps_high, agg, level, logp_ref, beta_kl,
-                  entropies, entropy_coef, denominator, clip_ratio_c, norm_len) -> torch.Tensor:
+def _check_inputs(
+    logp_new,
+    logp_old,
+    advantages,
+    mask,
+    *,
+    eps_low,
+    eps_high,
+    agg,
+    level,
+    logp_ref,
+    beta_kl,
+    entropies,
+    entropy_coef,
+    denominator,
+    clip_ratio_c,
+    norm_len,
+) -> torch.Tensor:
     """Validate :func:`policy_loss`'s arguments; return the bool mask."""
     names = ("logp_new", "logp_old", "advantages")
     tensors = [_checks.tensor(n, v) for n, v in zip(names, (logp_new, logp_old, advantages))]
@@ -149,10 +166,8 @@ def policy_loss(
     ``clip_ratio_c`` only), ``ratio_mean``, ``approx_kl`` (k3 of the new policy from the old
     one), and ``kl_ref`` / ``entropy`` when those terms are given.
     """
-    m = _check_inputs(logp_new, logp_old, advantages, mask, eps_low=eps_low, eps_high=eps_high, agg=agg,
-                      level=level, logp_ref=logp_ref, beta_kl=beta_kl, entropies=entropies,
-                      entropy_coef=entropy_coef, denominator=denominator, clip_ratio_c=clip_ratio_c,
-                      norm_len=norm_len)
+    args = dict(locals())  # every argument, checked together
+    m = _check_inputs(**args)
     zero = torch.zeros((), dtype=logp_new.dtype, device=logp_new.device)
     w = m.to(logp_new.dtype)
     adv = torch.where(m, advantages.detach().to(logp_new.dtype), zero)
@@ -171,34 +186,48 @@ def policy_loss(
         per_seq, low, high, dual = _clipped(weight, seq_adv, eps_low, eps_high, clip_ratio_c)
         policy = per_seq.sum() / (denominator if denominator is not None else per_seq.shape[0])
         n_items = torch.tensor(float(per_seq.shape[0]))
-    loss = policy
     metrics = _clip_metrics(policy, low, high, dual, n_items, ratio, log_ratio, w, clip_ratio_c)
+    loss = policy
+    for term in _regularisers(args, m, metrics):
+        loss = loss + term
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
 
-    if logp_ref is not None:
-        logp_ref = _checks.tensor("logp_ref", logp_ref)
+
+def _regularisers(args: dict, m: torch.Tensor, metrics: dict) -> list[torch.Tensor]:
+    """The terms ``beta_kl * k3`` and ``-entropy_coef * H`` (each aggregated with ``agg``) that
+    are on; the KL and entropy values go in ``metrics`` whenever they are given."""
+    logp_new, agg, denominator, norm_len = args["logp_new"], args["agg"], args["denominator"], args["norm_len"]
+    zero = torch.zeros((), dtype=logp_new.dtype, device=logp_new.device)
+    terms = []
+    if args["logp_ref"] is not None:
+        logp_ref = _checks.tensor("logp_ref", args["logp_ref"])
         _checks.same_shape(("logp_new", "logp_ref"), (logp_new, logp_ref))
         _checks.finite("logp_ref", logp_ref.detach(), where=m)
         diff = torch.where(m, logp_ref.detach() - logp_new, zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         kl = aggregate(diff.exp() - diff - 1, m, agg, denominator, norm_len)
         metrics["kl_ref"] = float(kl.detach())
-        if beta_kl > 0:
-            loss = loss + beta_kl * kl
-    if entropies is not None:
-        entropies = _checks.tensor("entropies", entropies)
+        if args["beta_kl"] > 0:
+            terms.append(args["beta_kl"] * kl)
+    if args["entropies"] is not None:
+        entropies = _checks.tensor("entropies", args["entropies"])
         _checks.same_shape(("logp_new", "entropies"), (logp_new, entropies))
         _checks.finite("entropies", entropies.detach(), where=m)
         ent = aggregate(torch.where(m, entropies, zero), m, agg, denominator, norm_len)
         metrics["entropy"] = float(ent.detach())
-        if entropy_coef > 0:
-            loss = loss - entropy_coef * ent
-    metrics["loss"] = float(loss.detach())
-    return loss, metrics
+        if args["entropy_coef"] > 0:
+            terms.append(-(args["entropy_coef"] * ent))
+    return terms
 
 
 @torch.no_grad()
 def _clip_metrics(policy, low, high, dual, n_items, ratio, log_ratio, w, clip_ratio_c) -> dict[str, float]:
-    metrics = {"policy_loss": float(policy), "clip_frac_low": float(low.sum() / n_items),
-               "clip_frac_high": float(high.sum() / n_items), "clip_frac": float((low | high).sum() / n_items)}
+    metrics = {
+        "policy_loss": float(policy),
+        "clip_frac_low": float(low.sum() / n_items),
+        "clip_frac_high": float(high.sum() / n_items),
+        "clip_frac": float((low | high).sum() / n_items),
+    }
     if clip_ratio_c is not None:
         metrics["clip_frac_dual"] = float(dual.sum() / n_items)
     metrics["ratio_mean"] = float((ratio * w).sum() / w.sum())

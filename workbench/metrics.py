@@ -65,28 +65,40 @@ _KEPT = 8  # the length of kept_sums()
 
 def _response_sums(rewards, correct, lengths, truncated) -> list[float]:
     """Sums over a set of responses (``[B]`` tensors): reward, correct, length, truncated, count."""
-    return [float(rewards.sum()), float(correct.float().sum()), float(lengths.float().sum()),
-            float(truncated.float().sum()), float(len(lengths))]
+    return [
+        float(rewards.sum()),
+        float(correct.float().sum()),
+        float(lengths.float().sum()),
+        float(truncated.float().sum()),
+        float(len(lengths)),
+    ]
 
 
 def _means(sums: list[float], entropy: float, tokens: float) -> dict:
     reward, correct, length, truncated, count = sums
     count = max(count, 1.0)
-    return {"reward": reward / count, "accuracy": correct / count, "response_len_mean": length / count,
-            "truncated_frac": truncated / count, "entropy": entropy / max(tokens, 1.0)}
+    return {
+        "reward": reward / count,
+        "accuracy": correct / count,
+        "response_len_mean": length / count,
+        "truncated_frac": truncated / count,
+        "entropy": entropy / max(tokens, 1.0),
+    }
 
 
 def kept_sums(batch, advantages: torch.Tensor) -> list[float]:
     """This process's sums over the groups its update uses (a scored :class:`workbench.rollout.Batch`):
     reward, correct, length, truncated, count, entropy, tokens, |advantage| (0 for an idle stand-in)."""
     m = batch.response_mask & (not batch.idle)
-    sums = [0.0 if batch.idle else x for x in _response_sums(batch.rewards, batch.correct, batch.lengths,
-                                                              batch.truncated)]
+    sums = [
+        0.0 if batch.idle else x for x in _response_sums(batch.rewards, batch.correct, batch.lengths, batch.truncated)
+    ]
     return sums + [float(batch.scored.entropies[m].sum()), float(m.sum()), float(advantages[m].abs().sum())]
 
 
-def step_sums(sampled: list, used: list, kept: list[float] | None, unused_entropy: tuple[float, float],
-              timeouts: int) -> list[float]:
+def step_sums(
+    sampled: list, used: list, kept: list[float] | None, unused_entropy: tuple[float, float], timeouts: int
+) -> list[float]:
     """This process's sums for a step's row, to be added up over processes (then :func:`step_row`):
     over every sampled group (the entropy of the ``used`` ones from ``kept``, of the others from
     ``unused_entropy``), the ``kept`` sums, and the counts of groups, tokens and timeouts."""
@@ -107,8 +119,15 @@ def step_row(totals: list[float], *, longest: float, rounds: int, kept: bool) ->
         row.update({f"{k}_kept": v for k, v in means.items() if k != "truncated_frac"})
         row["advantage_abs_mean"] = sums[7] / max(sums[6], 1.0)
     groups, seen, zero_std, generated, timeouts = (int(x) for x in totals[7 + _KEPT :])
-    return {**row, "groups": groups, "groups_sampled": seen, "frac_zero_std": zero_std / max(1, seen),
-            "sampling_rounds": rounds, "generated_tokens": generated, "reward_timeouts": timeouts}
+    return {
+        **row,
+        "groups": groups,
+        "groups_sampled": seen,
+        "frac_zero_std": zero_std / max(1, seen),
+        "sampling_rounds": rounds,
+        "generated_tokens": generated,
+        "reward_timeouts": timeouts,
+    }
 
 
 def sample_records(tokenizer, batch, advantages: torch.Tensor, groups: int) -> list[dict]:
@@ -119,8 +138,17 @@ def sample_records(tokenizer, batch, advantages: torch.Tensor, groups: int) -> l
         for i in range(g * n, (g + 1) * n):
             m = batch.response_mask[i]
             ids = batch.input_ids[i, -m.shape[0] :][m].tolist()
-            responses.append(response_record(tokenizer, ids, s.entropies[i][m], s.old_logp[i][m], advantages[i][m],
-                                             text=batch.texts[i], reward=float(batch.rewards[i]),
-                                             correct=bool(batch.correct[i])))
+            responses.append(
+                response_record(
+                    tokenizer,
+                    ids,
+                    s.entropies[i][m],
+                    s.old_logp[i][m],
+                    advantages[i][m],
+                    text=batch.texts[i],
+                    reward=float(batch.rewards[i]),
+                    correct=bool(batch.correct[i]),
+                )
+            )
         out.append({"group": g, "prompt": batch.prompts[g], "responses": responses})
     return out

@@ -28,8 +28,16 @@ class ModelRunner:
         c = self.config
         prompts = format_prompts(self.tokenizer, prompts, c.chat_template)
         kwargs = {"temperature": c.temperature, "top_p": c.top_p, "synced_gpus": self.fsdp, "cache": c.generation_cache}
-        return generate(model, self.tokenizer, prompts, n=n, max_new_tokens=c.max_new_tokens, do_sample=do_sample,
-                        autocast=self.accelerator.autocast(), **kwargs)
+        return generate(
+            model,
+            self.tokenizer,
+            prompts,
+            n=n,
+            max_new_tokens=c.max_new_tokens,
+            do_sample=do_sample,
+            autocast=self.accelerator.autocast(),
+            **kwargs,
+        )
 
     def token_stats(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
         """``(log-probs, entropies)`` ``[B, T]`` of the response tokens at the sampling temperature.
@@ -38,8 +46,15 @@ class ModelRunner:
         kwargs = {"temperature": self.config.temperature, "method": "logits" if self.fsdp else "auto"}
         entropy_grad = grad and self.config.entropy_coef > 0
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
-            return token_stats_from_model(model, input_ids, attention_mask, response_len=response_mask.shape[1],
-                                          response_mask=response_mask, entropy_grad=entropy_grad, **kwargs)
+            return token_stats_from_model(
+                model,
+                input_ids,
+                attention_mask,
+                response_len=response_mask.shape[1],
+                response_mask=response_mask,
+                entropy_grad=entropy_grad,
+                **kwargs,
+            )
 
     def entropy_sums(self, model, groups: list[Group], stand_in: Group) -> tuple[float, float]:
         """``(entropy sum, token count)`` of ``groups``, from no-grad passes over at most
@@ -52,8 +67,9 @@ class ModelRunner:
         passes = int(dist.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
         total, tokens = 0.0, 0.0
         for i in range(passes):
-            b = collate(chunks[i] if i < len(chunks) else [stand_in], self.tokenizer.pad_token_id,
-                        self.accelerator.device)
+            b = collate(
+                chunks[i] if i < len(chunks) else [stand_in], self.tokenizer.pad_token_id, self.accelerator.device
+            )
             _, ent = self.token_stats(model, b.input_ids, b.attention_mask, b.response_mask, grad=False)
             if i < len(chunks):
                 total, tokens = total + float(ent[b.response_mask].sum()), tokens + float(b.response_mask.sum())

@@ -70,7 +70,9 @@ def grop_penalty(rewards, lengths, *, gamma1: float = 0.75, threshold: float = 0
     hard = (frac <= 1 - gamma1) & ~easy
     medium = ~easy & ~hard
     considered = torch.where(easy, correct, torch.ones_like(correct))
-    target = torch.where(easy, correct, torch.where(medium, torch.where(c > size - c, correct, ~correct), torch.zeros_like(correct)))
+    target = torch.where(
+        easy, correct, torch.where(medium, torch.where(c > size - c, correct, ~correct), torch.zeros_like(correct))
+    )
 
     big = torch.finfo(torch.float64).max
     lo = torch.where(considered, n, torch.full_like(n, big)).min(-1, keepdim=True).values
@@ -79,5 +81,7 @@ def grop_penalty(rewards, lengths, *, gamma1: float = 0.75, threshold: float = 0
     mean = torch.where(considered, n, torch.zeros_like(n)).sum(-1, keepdim=True) / cnt
     knee = torch.maximum((lo + hi) / 2, mean)
     knee = torch.where(considered.any(-1, keepdim=True), knee, torch.ones_like(knee))
-    pen = torch.where(n < knee, torch.zeros_like(n), torch.where(n < 2 * knee, -0.5 * (n - knee) / knee, torch.full_like(n, -0.5)))
+    pen = torch.where(
+        n < knee, torch.zeros_like(n), torch.where(n < 2 * knee, -0.5 * (n - knee) / knee, torch.full_like(n, -0.5))
+    )
     return torch.where(target, pen, torch.zeros_like(pen)).float()

@@ -61,13 +61,23 @@ def groups_from(gen: Generated, examples: list[Example]) -> list[Group]:
     out = []
     for g, example in enumerate(examples):
         rows = slice(g * n, (g + 1) * n)
-        out.append(Group(example, gen.prompt_ids[rows], gen.prompt_mask[rows], gen.response_ids[rows],
-                         gen.response_mask[rows], gen.truncated[rows], gen.texts[rows]))
+        out.append(
+            Group(
+                example,
+                gen.prompt_ids[rows],
+                gen.prompt_mask[rows],
+                gen.response_ids[rows],
+                gen.response_mask[rows],
+                gen.truncated[rows],
+                gen.texts[rows],
+            )
+        )
     return out
 
 
-def compute_rewards(task: Task, groups: list[Group], *, format_reward: float = 0.0, overlong: tuple | None = None,
-                    grop: bool = False) -> None:
+def compute_rewards(
+    task: Task, groups: list[Group], *, format_reward: float = 0.0, overlong: tuple | None = None, grop: bool = False
+) -> None:
     """Score every response of ``groups`` once with ``task`` and set each group's rewards:
 
     ``reward = score + format_reward * format + overlong penalty + GROP penalty``, where the
@@ -99,10 +109,12 @@ def check_overlong_budget(task: Task, tokenizer, max_new_tokens: int, cache_len:
     penalised = sum(length > start for length in lengths)
     if not penalised:
         return None
-    message = (f"overlong shaping penalises {penalised} of {len(lengths)} correct worked solutions of task "
-               f"{task.name!r} (up to {longest} tokens with the end token; the penalty starts after max_new_tokens - "
-               f"overlong_cache = {max_new_tokens} - {cache_len} = {start} tokens): raise max_new_tokens to at least "
-               f"{longest + cache_len}, lower overlong_cache, or set overlong_shaping=false")
+    message = (
+        f"overlong shaping penalises {penalised} of {len(lengths)} correct worked solutions of task "
+        f"{task.name!r} (up to {longest} tokens with the end token; the penalty starts after max_new_tokens - "
+        f"overlong_cache = {max_new_tokens} - {cache_len} = {start} tokens): raise max_new_tokens to at least "
+        f"{longest + cache_len}, lower overlong_cache, or set overlong_shaping=false"
+    )
     warnings.warn(message, stacklevel=3)
     return message
 
@@ -163,8 +175,9 @@ class Scored:
     entropies_grad: torch.Tensor | None = None  # with gradient (fused update)
 
     def rows(self, rows: slice) -> Scored:
-        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)
-                                if getattr(self, f.name) is not None})
+        return replace(
+            self, **{f.name: getattr(self, f.name)[rows] for f in fields(self) if getattr(self, f.name) is not None}
+        )
 
 
 def collate(groups: list[Group], pad_token_id: int, device) -> Batch:
@@ -186,7 +199,11 @@ def collate(groups: list[Group], pad_token_id: int, device) -> Batch:
     return Batch(
         input_ids=torch.cat([prompt_ids, response], 1).to(device),
         attention_mask=torch.cat([prompt_mask, response_mask.long()], 1).to(device),
-        response_mask=response_mask.to(device), rewards=torch.cat([g.rewards for g in groups]).to(device),
-        correct=torch.cat([g.correct for g in groups]).to(device), truncated=torch.cat([g.truncated for g in groups]),
-        prompts=[g.example.prompt for g in groups], texts=[t for g in groups for t in g.texts],
-        group_size=groups[0].size)
+        response_mask=response_mask.to(device),
+        rewards=torch.cat([g.rewards for g in groups]).to(device),
+        correct=torch.cat([g.correct for g in groups]).to(device),
+        truncated=torch.cat([g.truncated for g in groups]),
+        prompts=[g.example.prompt for g in groups],
+        texts=[t for g in groups for t in g.texts],
+        group_size=groups[0].size,
+    )

@@ -29,8 +29,26 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-__all__ = ["Run", "load_run", "atomic_write_text", "replace_dir", "append_jsonl", "read_jsonl", "truncate_jsonl",
-           "holds_run", "check_history", "open_run_dir", "check_run_dir", "prepare_run_dir", "lock_run_dir", "temporary_name", "remove_leftovers", "clear_run_dir", "RunInUseError", "LOCK_NAME"]
+__all__ = [
+    "Run",
+    "load_run",
+    "atomic_write_text",
+    "replace_dir",
+    "append_jsonl",
+    "read_jsonl",
+    "truncate_jsonl",
+    "holds_run",
+    "check_history",
+    "open_run_dir",
+    "check_run_dir",
+    "prepare_run_dir",
+    "lock_run_dir",
+    "temporary_name",
+    "remove_leftovers",
+    "clear_run_dir",
+    "RunInUseError",
+    "LOCK_NAME",
+]
 
 LOCK_NAME = ".lock"  #: the run directory's lock file (kept when a run is overwritten)
 
@@ -50,8 +68,10 @@ def lock_run_dir(path) -> FileLock:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunInUseError(f"output_dir {str(path)!r} is in use by another run (it holds {LOCK_NAME}): wait for "
-                            "that run to finish or stop it, or choose another output_dir") from None
+        raise RunInUseError(
+            f"output_dir {str(path)!r} is in use by another run (it holds {LOCK_NAME}): wait for "
+            "that run to finish or stop it, or choose another output_dir"
+        ) from None
     return lock
 
 
@@ -62,8 +82,10 @@ def check_run_dir(path, *, resume: bool, overwrite: bool) -> None:
     if resume and not holds_run(path):
         raise FileNotFoundError(f"nothing to resume in {str(path)!r}: it holds no run")
     if not resume and not overwrite and holds_run(path):
-        raise FileExistsError(f"output_dir {str(path)!r} already holds a run: resume it (resume=True), "
-                              "pass overwrite=True, or choose another output_dir")
+        raise FileExistsError(
+            f"output_dir {str(path)!r} already holds a run: resume it (resume=True), "
+            "pass overwrite=True, or choose another output_dir"
+        )
 
 
 def prepare_run_dir(path, *, clear: bool, config: dict, task: dict) -> None:
@@ -79,8 +101,17 @@ def prepare_run_dir(path, *, clear: bool, config: dict, task: dict) -> None:
     atomic_write_text(path / "task.json", json.dumps(task, indent=1))
 
 
-def open_run_dir(path, *, resume: bool, overwrite: bool, config: dict, task: dict, main: bool = True,
-                 agree=lambda ok: ok, barrier=lambda: None) -> FileLock | None:
+def open_run_dir(
+    path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    config: dict,
+    task: dict,
+    main: bool = True,
+    agree=lambda ok: ok,
+    barrier=lambda: None,
+) -> FileLock | None:
     """Start or resume a run in ``path``: take its lock (held for the life of the run; refused at
     once while another run holds it), check it (:func:`check_run_dir`) and prepare it
     (:func:`prepare_run_dir`); return the held lock. With several processes only the ``main`` one
@@ -123,8 +154,12 @@ def remove_leftovers(path) -> None:
     """Remove the temporary files and directories a killed run left in run directory ``path``
     (call it while holding the directory's lock: then no live writer owns them)."""
     path = Path(path)
-    for p in [*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp"), *path.glob("checkpoints/.*.tmpdir"),
-              *path.glob("checkpoints/.*.old")]:
+    for p in [
+        *path.glob(".*.tmp"),
+        *path.glob("checkpoints/.*.tmp"),
+        *path.glob("checkpoints/.*.tmpdir"),
+        *path.glob("checkpoints/.*.old"),
+    ]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -208,13 +243,18 @@ def check_history(path, step: int, eval_every: int) -> None:
     for name, needed in expected.items():
         file = path / name
         if not file.exists():
-            warnings.warn(f"{file} is missing; the checkpoint is at step {step}: the resumed run's {name} "
-                          "starts after it", stacklevel=3)
+            warnings.warn(
+                f"{file} is missing; the checkpoint is at step {step}: the resumed run's {name} starts after it",
+                stacklevel=3,
+            )
             continue
         last = max((r.get("step", 0) for r in read_jsonl(file)), default=None)
         if last is None or last < needed:
-            warnings.warn(f"{name} has rows up to step {last}, but the checkpoint is at step {step}: the rows in "
-                          f"between are lost (the resumed run continues after step {step})", stacklevel=3)
+            warnings.warn(
+                f"{name} has rows up to step {last}, but the checkpoint is at step {step}: the rows in "
+                f"between are lost (the resumed run continues after step {step})",
+                stacklevel=3,
+            )
 
 
 def holds_run(path) -> bool:
@@ -270,8 +310,11 @@ class Run:
         if name in own:
             return own[name]
         fallback = f"using {ckpts[-1].name}, the newest of them" if ckpts else "there are none"
-        warnings.warn(f"{pointer} names {name[:200]!r}, which is not one of this run's checkpoints "
-                      f"({self.path / 'checkpoints'}/step_*): {fallback}", stacklevel=2)
+        warnings.warn(
+            f"{pointer} names {name[:200]!r}, which is not one of this run's checkpoints "
+            f"({self.path / 'checkpoints'}/step_*): {fallback}",
+            stacklevel=2,
+        )
         return ckpts[-1] if ckpts else None
 
     def __repr__(self) -> str:

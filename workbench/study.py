@@ -23,8 +23,18 @@ import pandas as pd
 from . import runs
 from .trainer import resume, train
 
-__all__ = ["run_grid", "summarize", "summarize_run", "confidence_interval", "paired_comparison", "describe",
-           "load_results", "accuracy_at_tokens", "equal_budget", "entropy_by_step"]
+__all__ = [
+    "run_grid",
+    "summarize",
+    "summarize_run",
+    "confidence_interval",
+    "paired_comparison",
+    "describe",
+    "load_results",
+    "accuracy_at_tokens",
+    "equal_budget",
+    "entropy_by_step",
+]
 
 #: A run's entropy has collapsed when a step's mean token entropy falls below this fraction of
 #: its starting level (mean of the first tenth of the steps). Relative, because tasks differ:
@@ -33,9 +43,38 @@ ENTROPY_COLLAPSE = 0.25
 ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
 
 # two-sided 95% Student t quantiles for 1..30 degrees of freedom
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def setting_label(setting: dict) -> str:
@@ -47,12 +86,22 @@ def setting_label(setting: dict) -> str:
         if key == "model":
             continue
         flat.update(value if isinstance(value, dict) else {key: value})
-    return "_".join(f"{k}-{v}" for k, v in sorted(flat.items())
-                    if not isinstance(v, (dict, list)) and "/" not in str(v)) or "default"
+    return (
+        "_".join(f"{k}-{v}" for k, v in sorted(flat.items()) if not isinstance(v, (dict, list)) and "/" not in str(v))
+        or "default"
+    )
 
 
-def run_grid(root, *, algorithms, seeds, settings=({},), base: dict | None = None, progress: bool = True,
-             keep_checkpoints: bool = False) -> pd.DataFrame:
+def run_grid(
+    root,
+    *,
+    algorithms,
+    seeds,
+    settings=({},),
+    base: dict | None = None,
+    progress: bool = True,
+    keep_checkpoints: bool = False,
+) -> pd.DataFrame:
     """Train every (setting, algorithm, seed) cell not yet finished; return :func:`summarize` of all.
 
     ``settings`` are dicts of TrainConfig overrides (e.g. ``{"task": "chain", "task_params":
@@ -110,12 +159,19 @@ def summarize_run(run) -> dict:
     drops = np.diff(acc) if len(acc) > 1 else np.array([0.0])
     task_params = config.get("task_params", {})
     return {
-        "run": str(run.path), "algorithm": config["algorithm"], "seed": config["seed"], "task": config["task"],
+        "run": str(run.path),
+        "algorithm": config["algorithm"],
+        "seed": config["seed"],
+        "task": config["task"],
         "chain_steps": task_params.get("steps") if config["task"] == "chain" else None,
-        "steps": steps, "initial_accuracy": float(acc[0]), "final_accuracy": float(acc[-1]),
-        "best_accuracy": float(np.nanmax(acc)), "accuracy_auc": auc,
+        "steps": steps,
+        "initial_accuracy": float(acc[0]),
+        "final_accuracy": float(acc[-1]),
+        "best_accuracy": float(np.nanmax(acc)),
+        "accuracy_auc": auc,
         "final_sampled_accuracy": float(ev["sampled_accuracy"].iloc[-1]) if len(ev) else np.nan,
-        "entropy_start": float(np.mean(ent[:k])), "entropy_middle": float(np.mean(ent[len(ent) // 2 - k // 2:][:k])),
+        "entropy_start": float(np.mean(ent[:k])),
+        "entropy_middle": float(np.mean(ent[len(ent) // 2 - k // 2 :][:k])),
         "entropy_end": float(np.mean(ent[-k:])),
         "response_len": float(m["response_len_mean"].mean()) if "response_len_mean" in m else np.nan,
         "grad_norm_max": float(m["grad_norm"].max()) if "grad_norm" in m else np.nan,
@@ -177,8 +233,14 @@ def entropy_by_step(run, top: float = 0.2) -> pd.DataFrame:
     for step, values in sorted(rows.items()):
         v = np.sort(np.asarray(values, dtype=float))[::-1]
         k = max(1, int(round(top * len(v))))
-        out.append({"step": step, "entropy": float(v.mean()), f"entropy_top{round(top * 100)}": float(v[:k].mean()),
-                    "tokens": len(v)})
+        out.append(
+            {
+                "step": step,
+                "entropy": float(v.mean()),
+                f"entropy_top{round(top * 100)}": float(v[:k].mean()),
+                "tokens": len(v),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -198,17 +260,26 @@ def paired_comparison(table: pd.DataFrame, metric: str, baseline: str, *, by=("t
     """Per algorithm, the seed-paired difference to ``baseline``: mean, 95% half-width, wins/losses."""
     rows = []
     keys = [k for k in by if k in table and table[k].notna().any()]
-    for group_key, group in (table.groupby(keys, dropna=False) if keys else [((), table)]):
+    for group_key, group in table.groupby(keys, dropna=False) if keys else [((), table)]:
         base = group[group["algorithm"] == baseline].set_index("seed")[metric]
         for algorithm, sub in group.groupby("algorithm"):
             if algorithm == baseline:
                 continue
             diff = (sub.set_index("seed")[metric] - base).dropna()
             mean, half = confidence_interval(diff)
-            rows.append({**dict(zip(keys, group_key if isinstance(group_key, tuple) else (group_key,))),
-                         "algorithm": algorithm, "baseline": baseline, "metric": metric, "pairs": len(diff),
-                         "mean_difference": mean, "ci95": half, "wins": int((diff > 0).sum()),
-                         "losses": int((diff < 0).sum())})
+            rows.append(
+                {
+                    **dict(zip(keys, group_key if isinstance(group_key, tuple) else (group_key,))),
+                    "algorithm": algorithm,
+                    "baseline": baseline,
+                    "metric": metric,
+                    "pairs": len(diff),
+                    "mean_difference": mean,
+                    "ci95": half,
+                    "wins": int((diff > 0).sum()),
+                    "losses": int((diff < 0).sum()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -218,8 +289,14 @@ def describe(table: pd.DataFrame, metric: str, *, by=("task", "chain_steps", "al
     rows = []
     for key, group in table.groupby(keys, dropna=False):
         mean, half = confidence_interval(group[metric])
-        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "runs": len(group),
-                     f"{metric}_mean": mean, f"{metric}_ci95": half})
+        rows.append(
+            {
+                **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+                "runs": len(group),
+                f"{metric}_mean": mean,
+                f"{metric}_ci95": half,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -232,8 +309,9 @@ def load_results(root) -> pd.DataFrame:
     table = pd.read_csv(path)
     # Run paths are stored as the study saw them; re-anchor them at this root, so a study
     # read from another working directory or another checkout finds its runs.
-    table["run"] = [str(root / Path(*Path(r).parts[-3:])) if Path(r).parts[-3:-2] == ("runs",) else r
-                    for r in table["run"]]
+    table["run"] = [
+        str(root / Path(*Path(r).parts[-3:])) if Path(r).parts[-3:-2] == ("runs",) else r for r in table["run"]
+    ]
     return table
 
 

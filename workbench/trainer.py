@@ -50,8 +50,15 @@ def _seed_for(*parts: int) -> int:
 class Trainer:
     """Train a causal LM with one of :data:`workbench.ALGORITHMS` on a verifiable task."""
 
-    def __init__(self, config: TrainConfig | dict, *, resume: bool = False, overwrite: bool = False,
-                 callback: Callable[[int, dict], None] | None = None, progress: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig | dict,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        callback: Callable[[int, dict], None] | None = None,
+        progress: bool = True,
+    ):
         self.config = c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.callback, self.progress, self.run_dir = callback, progress, Path(c.output_dir)
         self.algorithm = c.resolved_algorithm()
@@ -67,8 +74,15 @@ class Trainer:
         self.runner = ModelRunner(c, self.tokenizer, self.accelerator, fsdp=self.fsdp)
         info = self.task.describe()
         self._lock = runs.open_run_dir(  # only once the task and the model loaded
-            self.run_dir, resume=resume, overwrite=overwrite, config=c.to_dict(), task=info, main=self.is_main,
-            agree=lambda ok: dist.main_decides(self.accelerator, ok), barrier=self.accelerator.wait_for_everyone)
+            self.run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            config=c.to_dict(),
+            task=info,
+            main=self.is_main,
+            agree=lambda ok: dist.main_decides(self.accelerator, ok),
+            barrier=self.accelerator.wait_for_everyone,
+        )
         try:
             self._set_up(resume)
         except BaseException:
@@ -265,7 +279,8 @@ class Trainer:
             if self.bad_steps >= c.max_bad_steps:
                 raise FloatingPointError(
                     f"{self.bad_steps} consecutive updates had a non-finite loss or gradient; the run stops here "
-                    f"(last good checkpoint: {runs.Run(self.run_dir).latest_checkpoint()})")
+                    f"(last good checkpoint: {runs.Run(self.run_dir).latest_checkpoint()})"
+                )
             return sums, None
         self.bad_steps = 0
         self.optimizer.step()
@@ -283,8 +298,9 @@ class Trainer:
         else:
             logp, ent = self.runner.token_stats(self.model, ids, attn, mask, grad=True)
         terms = {"logp_ref": cut(s.ref_logp), "entropies": ent if self.config.entropy_coef > 0 else None}
-        return policy_loss(logp, cut(s.old_logp), cut(advantages), mask, denominator=denominator, **terms,
-                           **self.loss_kwargs)
+        return policy_loss(
+            logp, cut(s.old_logp), cut(advantages), mask, denominator=denominator, **terms, **self.loss_kwargs
+        )
 
     def _loss_denominator(self, response_mask: torch.Tensor) -> float:
         """The loss normaliser of the rows of ``response_mask``: their valid tokens for a
@@ -328,11 +344,19 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write model, tokenizer, optimizer, scheduler and RNG state atomically. Call it on every
         process: under FSDP they gather the full state together; the main process writes it."""
-        return save_training(self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
-                             optimizer=self.optimizer, scheduler=self.scheduler,
-                             meta={"skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps},
-                             keep=self.config.keep_checkpoints, fsdp=self.fsdp, is_main=self.is_main,
-                             fault=lambda step: _fault_point("checkpoint", step))
+        return save_training(
+            self.run_dir,
+            self.step,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            meta={"skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps},
+            keep=self.config.keep_checkpoints,
+            fsdp=self.fsdp,
+            is_main=self.is_main,
+            fault=lambda step: _fault_point("checkpoint", step),
+        )
 
     def _resume(self) -> None:
         """Continue from the newest intact checkpoint (none saved yet: from the start), dropping
@@ -399,8 +423,14 @@ def _fault_point(point: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(config: TrainConfig | dict | None = None, *, callback=None, progress: bool = True,
-          overwrite: bool = False, **overrides) -> runs.Run:
+def train(
+    config: TrainConfig | dict | None = None,
+    *,
+    callback=None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **overrides,
+) -> runs.Run:
     """Train with ``config`` (a :class:`TrainConfig`, a dict, or keyword overrides); return the run."""
     if isinstance(config, TrainConfig):
         config = config.replace(**overrides)

@@ -50,11 +50,24 @@ def sft_batch(tokenizer, examples, device="cpu"):
     return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids, "labels": label_ids}
 
 
-def warm_start(*, task: str = "addition", task_params: dict | None = None, max_steps: int = 3000,
-               batch_size: int = 64, lr: float = 1e-3, seed: int = 0, target_accuracy: float = 0.2,
-               min_steps: int = 100, eval_every: int = 25, eval_size: int = 256, max_new_tokens: int | None = None,
-               model_params: dict | None = None, init: str | Path | None = None, out: str | Path = DEFAULT_INIT,
-               progress: bool = True) -> dict:
+def warm_start(
+    *,
+    task: str = "addition",
+    task_params: dict | None = None,
+    max_steps: int = 3000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    target_accuracy: float = 0.2,
+    min_steps: int = 100,
+    eval_every: int = 25,
+    eval_size: int = 256,
+    max_new_tokens: int | None = None,
+    model_params: dict | None = None,
+    init: str | Path | None = None,
+    out: str | Path = DEFAULT_INIT,
+    progress: bool = True,
+) -> dict:
     """Train a tiny model on worked solutions; save it to ``out`` once it reaches the target.
 
     The model is fresh, or continues from the local checkpoint ``init`` (a curriculum: a model
@@ -65,57 +78,40 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
     is removed once ``out`` is written. Returns a summary dict (also ``out/warmstart.json``) with
     the accuracy at every check in ``curve``.
     """
-    if not 0 < target_accuracy <= 1:
-        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
-    check_int("max_steps", max_steps, 1)
-    check_int("eval_every", eval_every, 1)
-    check_int("batch_size", batch_size, 1)
-    if not lr >= 0:
-        raise ValueError(f"lr must be >= 0, got {lr!r}")
-    if init is not None and model_params:
-        raise ValueError("model_params cannot change a model continued from init; leave one of them out")
+    args = dict(locals())  # the arguments: checked, stored with the progress, repeated in the summary
+    _check_arguments(args)
     t = get_task(task, **(task_params or {}))
-    if max_new_tokens is None:
-        max_new_tokens = t.max_response_tokens
     out = Path(out)
-    settings = {"task": task, "task_params": task_params or {}, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "model_params": model_params or {}, "init": None if init is None else str(init)}
+    settings = {
+        "task": task,
+        "task_params": task_params or {},
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "model_params": model_params or {},
+        "init": None if init is None else str(init),
+    }
     progress_dir = out.with_name(f".{out.name}.progress")
     state = _load_progress(progress_dir, settings)
     model, tokenizer = _starting_model(progress_dir if state is not None else None, init, seed, model_params)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    done, curve, seconds = 0, [], 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        done, curve, seconds = state["step"], state["curve"], state["seconds"]
-    eval_examples = t.generate("eval", eval_size, 1234)
-    start = time.perf_counter() - seconds
-    acc = curve[-1]["greedy_accuracy"] if curve else 0.0
-    step = done
-    bar = tqdm(range(done + 1, max_steps + 1), desc="warm start", disable=not progress, initial=done, total=max_steps)
-    for step in bar:
-        model.train()
-        batch = sft_batch(tokenizer, t.generate("train", batch_size, seed * 1_000_003 + step))
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= min_steps and step % eval_every == 0:
-            acc = accuracy(model, tokenizer, t, eval_examples, max_new_tokens=max_new_tokens)
-            curve.append({"step": step, "loss": round(loss.item(), 4), "greedy_accuracy": acc})
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-            if acc >= target_accuracy:
-                break
-            _save_progress(progress_dir, model, tokenizer, optimizer, settings,
-                           {"step": step, "curve": curve, "seconds": time.perf_counter() - start})
+    save = lambda progress: _save_progress(progress_dir, model, tokenizer, optimizer, settings, progress)  # noqa: E731
+    step, curve, seconds = _train(model, tokenizer, optimizer, t, args, state, save)
     summary = {
-        "task": task, "task_params": task_params or {}, "steps": step, "batch_size": batch_size, "lr": lr,
-        "seed": seed, "target_accuracy": target_accuracy, "greedy_accuracy": acc, "eval_size": eval_size,
-        "parameters": count_parameters(model), "seconds": round(time.perf_counter() - start, 1),
-        "command": _command(task=task, seed=seed, target_accuracy=target_accuracy, task_params=task_params,
-                            max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                            eval_size=eval_size, init=init, out=out),
+        "task": task,
+        "task_params": task_params or {},
+        "steps": step,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "target_accuracy": target_accuracy,
+        "greedy_accuracy": curve[-1]["greedy_accuracy"] if curve else 0.0,
+        "eval_size": eval_size,
+        "parameters": count_parameters(model),
+        "seconds": round(seconds, 1),
+        "command": _command(args),
     }
     if init is not None:
         summary["init"] = str(init)
@@ -124,6 +120,46 @@ def warm_start(*, task: str = "addition", task_params: dict | None = None, max_s
     atomic_write_text(path / "warmstart.json", json.dumps(summary, indent=2))
     shutil.rmtree(progress_dir, ignore_errors=True)
     return summary
+
+
+def _check_arguments(args: dict) -> None:
+    if not 0 < args["target_accuracy"] <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {args['target_accuracy']}")
+    for name in ("max_steps", "eval_every", "batch_size"):
+        check_int(name, args[name], 1)
+    if not args["lr"] >= 0:
+        raise ValueError(f"lr must be >= 0, got {args['lr']!r}")
+    if args["init"] is not None and args["model_params"]:
+        raise ValueError("model_params cannot change a model continued from init; leave one of them out")
+
+
+def _train(model, tokenizer, optimizer, task, args: dict, state: dict | None, save) -> tuple[int, list, float]:
+    """SFT steps until the held-out greedy accuracy reaches the target (checked every
+    ``eval_every`` steps from ``min_steps`` on, each check saved as progress by ``save``) or
+    ``max_steps``; continues from ``state``. Returns the last step, the curve and the seconds."""
+    done, curve, seconds = (state["step"], state["curve"], state["seconds"]) if state else (0, [], 0.0)
+    max_new_tokens = args["max_new_tokens"] or task.max_response_tokens
+    eval_examples = task.generate("eval", args["eval_size"], 1234)
+    start, step, max_steps = time.perf_counter() - seconds, done, args["max_steps"]
+    bar = tqdm(
+        range(done + 1, max_steps + 1), desc="warm start", disable=not args["progress"], initial=done, total=max_steps
+    )
+    for step in bar:
+        model.train()
+        batch = sft_batch(tokenizer, task.generate("train", args["batch_size"], args["seed"] * 1_000_003 + step))
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= args["min_steps"] and step % args["eval_every"] == 0:
+            acc = accuracy(model, tokenizer, task, eval_examples, max_new_tokens=max_new_tokens)
+            curve.append({"step": step, "loss": round(loss.item(), 4), "greedy_accuracy": acc})
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            if acc >= args["target_accuracy"]:
+                break
+            save({"step": step, "curve": curve, "seconds": time.perf_counter() - start})
+    return step, curve, time.perf_counter() - start
 
 
 def _starting_model(progress_dir: Path | None, init, seed: int, model_params: dict | None):
@@ -137,18 +173,21 @@ def _starting_model(progress_dir: Path | None, init, seed: int, model_params: di
     return build_tiny_model(tokenizer, seed=seed, **(model_params or {})), tokenizer
 
 
-def _command(*, task, seed, target_accuracy, task_params, max_steps, batch_size, lr, eval_every, eval_size, init,
-             out) -> str:
+def _command(args: dict) -> str:
     """The ``python -m workbench warmstart`` command that repeats a warm start (defaults left out)."""
-    return (f"python -m workbench warmstart --task {task} --seed {seed} --target-accuracy {target_accuracy}"
-            + (f" --task-params '{json.dumps(task_params)}'" if task_params else "")
-            + (f" --max-steps {max_steps}" if max_steps != 3000 else "")
-            + (f" --batch-size {batch_size}" if batch_size != 64 else "")
-            + (f" --lr {lr}" if lr != 1e-3 else "")
-            + (f" --eval-every {eval_every}" if eval_every != 25 else "")
-            + (f" --eval-size {eval_size}" if eval_size != 256 else "")
-            + ("" if init is None else f" --init {init}")
-            + ("" if str(out) == DEFAULT_INIT else f" --out {out}"))
+    a = args
+    return (
+        f"python -m workbench warmstart --task {a['task']} --seed {a['seed']} "
+        f"--target-accuracy {a['target_accuracy']}"
+        + (f" --task-params '{json.dumps(a['task_params'])}'" if a["task_params"] else "")
+        + (f" --max-steps {a['max_steps']}" if a["max_steps"] != 3000 else "")
+        + (f" --batch-size {a['batch_size']}" if a["batch_size"] != 64 else "")
+        + (f" --lr {a['lr']}" if a["lr"] != 1e-3 else "")
+        + (f" --eval-every {a['eval_every']}" if a["eval_every"] != 25 else "")
+        + (f" --eval-size {a['eval_size']}" if a["eval_size"] != 256 else "")
+        + ("" if a["init"] is None else f" --init {a['init']}")
+        + ("" if str(a["out"]) == DEFAULT_INIT else f" --out {a['out']}")
+    )
 
 
 def _save_progress(path: Path, model, tokenizer, optimizer, settings: dict, state: dict) -> None:
@@ -168,7 +207,9 @@ def _load_progress(path: Path, settings: dict) -> dict | None:
     state = json.loads((path / "state.json").read_text())
     if state["settings"] != settings:
         changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
-        raise ValueError(f"{path} holds an unfinished warm start with other settings ({', '.join(changed)}); "
-                         "repeat its arguments to resume it, or delete the folder to start over")
+        raise ValueError(
+            f"{path} holds an unfinished warm start with other settings ({', '.join(changed)}); "
+            "repeat its arguments to resume it, or delete the folder to start over"
+        )
     state["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
     return state

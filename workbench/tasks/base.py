@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterable
 
 __all__ = ["Example", "Task", "TASKS", "register_task", "get_task", "SEPARATOR"]
 
@@ -52,9 +52,11 @@ class Task:
         examples, size = self.generate("eval", n, seed), self.split_size("eval")
         if size is not None and size < n:
             examples = list({(e.prompt, e.answer): e for e in examples}.values())
-            warnings.warn(f"eval_size={n} is larger than the held-out split of task {self.name!r} ({size} distinct "
-                          f"problems): evaluating on {len(examples)} distinct ones (lower eval_size, or add problems)",
-                          stacklevel=2)
+            warnings.warn(
+                f"eval_size={n} is larger than the held-out split of task {self.name!r} ({size} distinct "
+                f"problems): evaluating on {len(examples)} distinct ones (lower eval_size, or add problems)",
+                stacklevel=2,
+            )
         return examples
 
     def worked_solutions(self, n: int = 256) -> list[str]:
@@ -121,9 +123,11 @@ class Task:
         self._check_split(split, n)
         if self.split_size(split) == 0:
             sizes = self._split_sizes
-            raise ValueError(f"task {self.name!r} has no problem in the {split} split: eval_fraction="
-                             f"{self.eval_fraction} holds out {sizes['eval']} of its {sum(sizes.values())} problems; "
-                             f"change eval_fraction or {self.space_settings or 'the task settings'}")
+            raise ValueError(
+                f"task {self.name!r} has no problem in the {split} split: eval_fraction="
+                f"{self.eval_fraction} holds out {sizes['eval']} of its {sum(sizes.values())} problems; "
+                f"change eval_fraction or {self.space_settings or 'the task settings'}"
+            )
         out, draws, limit = [], 0, 1_000_000 + 1000 * n
         while len(out) < n:
             prompt, build = draw()
@@ -131,8 +135,10 @@ class Task:
                 out.append(build())
             draws += 1
             if draws >= limit:  # a backstop: listed spaces are checked above, large ones fill their splits
-                raise ValueError(f"task {self.name!r}: {draws} problems drawn, {len(out)} of {n} in the {split} "
-                                 f"split; change eval_fraction or {self.space_settings or 'the task settings'}")
+                raise ValueError(
+                    f"task {self.name!r}: {draws} problems drawn, {len(out)} of {n} in the {split} "
+                    f"split; change eval_fraction or {self.space_settings or 'the task settings'}"
+                )
         return out
 
     @staticmethod

@@ -40,10 +40,19 @@ class JsonlTask(Task):
 
     name = "jsonl"
 
-    def __init__(self, path: str, lenient: bool = False, eval_fraction: float = 0.2, suffix: str = "\n",
-                 verify_timeout: float = DEFAULT_TIMEOUT):
-        if isinstance(verify_timeout, bool) or not isinstance(verify_timeout, (int, float)) or not (
-                0 < verify_timeout <= 600):
+    def __init__(
+        self,
+        path: str,
+        lenient: bool = False,
+        eval_fraction: float = 0.2,
+        suffix: str = "\n",
+        verify_timeout: float = DEFAULT_TIMEOUT,
+    ):
+        if (
+            isinstance(verify_timeout, bool)
+            or not isinstance(verify_timeout, (int, float))
+            or not (0 < verify_timeout <= 600)
+        ):
             raise ValueError(f"verify_timeout must be a number of seconds in (0, 600], got {verify_timeout!r}")
         self.verify_timeout, self.timeouts = float(verify_timeout), 0
         if not 0 < eval_fraction < 1:
@@ -55,16 +64,20 @@ class JsonlTask(Task):
         self.examples = self._load()
         if self.skipped:
             first = ", ".join(f"line {number}: {problem}" for number, problem in self.skipped[:3])
-            warnings.warn(f"{len(self.skipped)} malformed line(s) of {self.path} skipped (lenient=True): {first}"
-                          f"{', ...' if len(self.skipped) > 3 else ''} (a run lists them all in its task.json)",
-                          stacklevel=3)
+            warnings.warn(
+                f"{len(self.skipped)} malformed line(s) of {self.path} skipped (lenient=True): {first}"
+                f"{', ...' if len(self.skipped) > 3 else ''} (a run lists them all in its task.json)",
+                stacklevel=3,
+            )
         self.splits = {"train": [], "eval": []}
         for e in self.examples:
             self.splits["eval" if in_eval_split(e.prompt, eval_fraction) else "train"].append(e)
         for split, items in self.splits.items():
             if not items:
-                raise ValueError(f"{self.path}: the {split} split is empty ({len(self.examples)} usable lines); "
-                                 "add lines or change eval_fraction")
+                raise ValueError(
+                    f"{self.path}: the {split} split is empty ({len(self.examples)} usable lines); "
+                    "add lines or change eval_fraction"
+                )
 
     def _load(self) -> list[Example]:
         if not self.path.is_file():
@@ -118,8 +131,13 @@ class JsonlTask(Task):
 
     def describe(self) -> dict:
         skipped = [{"line": number, "problem": problem} for number, problem in self.skipped]
-        return {**super().describe(), "path": str(self.path), "examples": len(self.examples),
-                "skipped_lines": len(skipped), "skipped": skipped}
+        return {
+            **super().describe(),
+            "path": str(self.path),
+            "examples": len(self.examples),
+            "skipped_lines": len(skipped),
+            "skipped": skipped,
+        }
 
     def split_size(self, split: str) -> int:
         self._check_split(split, 1)

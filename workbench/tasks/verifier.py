@@ -75,8 +75,15 @@ class Verifier:
 
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
         if self._read(proc, 120.0) != {"ready": True}:  # importing sympy takes a second or two
             self._kill(proc)
             raise RuntimeError("the math-verify checker process did not start (is math-verify installed?)")
@@ -135,8 +142,11 @@ class Verifier:
                 probe = self._ask(gold, "0", timeout)  # is the gold answer itself the slow side?
                 if probe["status"] == "timeout":
                     self._bad_gold.add(gold)
-                    warnings.warn(f"the gold answer {gold[:60]!r} takes over {timeout:g} s to check with "
-                                  "math-verify (even against 0): it is compared as text from now on", stacklevel=3)
+                    warnings.warn(
+                        f"the gold answer {gold[:60]!r} takes over {timeout:g} s to check with "
+                        "math-verify (even against 0): it is compared as text from now on",
+                        stacklevel=3,
+                    )
             elif reply["status"] == "ok":
                 self._good_gold.add(gold)
         if reply["status"] == "timeout":
