@@ -77,3 +77,22 @@ def test_static_cache_gives_the_same_samples(warm):
     assert out["static"].texts == out["dynamic"].texts
     with pytest.raises(ValueError, match="cache must be"):
         generate(model, tok, PROMPTS, cache="paged")
+
+
+def test_every_end_token_of_the_generation_config_ends_a_response(warm):
+    """Chat models often list several end tokens in their generation config (an end-of-turn
+    token besides the tokenizer's eos); a response ends at the first of any of them."""
+    import copy
+
+    model, tok = warm
+    model = copy.deepcopy(model)
+    bar = tok.convert_tokens_to_ids("|")  # the separator: in every worked solution, before the answer
+    model.generation_config.eos_token_id = [tok.eos_token_id, bar]
+    torch.manual_seed(0)
+    out = generate(model, tok, PROMPTS, n=4, max_new_tokens=12, do_sample=True)
+    ends = {tok.eos_token_id, bar}
+    for ids, m, truncated in zip(out.response_ids, out.response_mask, out.truncated):
+        kept = ids[m].tolist()
+        assert sum(t in ends for t in kept) == (0 if truncated else 1)
+        assert truncated or kept[-1] in ends
+    assert any(t.endswith("|") for t in out.texts)  # the test can fail: some responses end at the separator

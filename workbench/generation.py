@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generated", "format_prompts", "generate", "accuracy"]
+__all__ = ["Generated", "format_prompts", "generate", "accuracy", "end_token_ids"]
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Generated:
     prompt_ids: torch.Tensor  # [B, P] left-padded
     prompt_mask: torch.Tensor  # [B, P]
     response_ids: torch.Tensor  # [B, T] right-padded with pad_token_id after the first EOS
-    response_mask: torch.Tensor  # [B, T] bool: tokens up to and including the first EOS
+    response_mask: torch.Tensor  # [B, T] bool: tokens up to and including the first end token
     truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
     texts: list[str]  # decoded responses, special tokens removed
 
@@ -86,11 +86,9 @@ def generate(
         add_special_tokens=False,
         pad_to_multiple_of=32 if cache == "static" else None,
     ).to(device)
+    ends = end_token_ids(model, tokenizer)
     kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id, eos_token_id=ends
     )
     if cache == "static":
         kwargs["cache_implementation"] = "static"
@@ -114,12 +112,23 @@ def generate(
     response = out[:, prompt_ids.shape[1] :]
     if response.shape[1] == 0:
         raise RuntimeError("generation returned no new tokens")
-    is_eos = response == tokenizer.eos_token_id
+    is_eos = torch.isin(response, torch.tensor(ends, device=response.device))
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     mask = ~after_eos
     response = torch.where(mask, response, torch.full_like(response, tokenizer.pad_token_id))
     texts = [tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
     return Generated(prompt_ids, prompt_mask, response, mask, ~is_eos.any(-1), texts)
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a response: the tokenizer's end-of-sequence token and every end token
+    of the model's generation config (chat models often add an end-of-turn token there)."""
+    ends = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in configured if isinstance(configured, (list, tuple)) else [configured]:
+        if token is not None and token not in ends:
+            ends.append(int(token))
+    return ends
 
 
 def _shared_prompt_inputs(model, enc, n: int) -> dict:
