@@ -4,11 +4,15 @@
 
     run_dir/
       config.json          resolved TrainConfig
-      metrics.jsonl        one row per RL step (see ``trainer.METRIC_COLUMNS``)
-      eval.jsonl           held-out evaluation rows: step, greedy_accuracy, sampled_accuracy
+      task.json            the task's account of its data: split sizes; a JSONL file's skipped lines
+      metrics.jsonl        one row per RL step (columns and meanings: ``workbench.metrics.METRICS``)
+      eval.jsonl           held-out evaluations: step, greedy_accuracy, sampled_accuracy, entropy,
+                           problems (how many were evaluated), reward_timeouts
       samples.jsonl        per-token records of a few rollout groups (one line per group)
-      checkpoints/step_000050/   model (safetensors), tokenizer, optimizer/scheduler/RNG state
-      checkpoints/latest   name of the newest complete checkpoint
+      checkpoints/step_000050/   model (safetensors), tokenizer, optimizer/scheduler/RNG state,
+                                 checkpoint.json (step, counters, SHA-256 of every file)
+      checkpoints/latest   name of the newest complete checkpoint (``step_000050``)
+      .lock                held by the live run
 
 Every file write is atomic (a temporary file with a unique name, fsync, rename) or an fsync'ed
 append of whole lines, so a killed run leaves no half-written file behind. A live run holds an
