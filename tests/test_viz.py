@@ -339,7 +339,7 @@ def test_training_curves_say_what_they_plot(tmp_path):
     assert "mean of 3 steps" in fig.layout.annotations[0].text
     titles = [fig.layout[name].title.text for name in ("yaxis", "yaxis2", "yaxis3")]
     assert titles == ["accuracy (% of responses)", "entropy (nats per token)", "accuracy (% of problems)"]
-    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"  # never a step 1.5
+    assert fig.layout.xaxis.dtick == 2 and fig.layout.xaxis.tickformat == "d"  # whole steps, never 1.5
     assert fig.layout.template.layout.font.size == viz.style.TEMPLATE.layout.font.size
 
 

@@ -1,5 +1,8 @@
 """Every tutorial notebook opened in JupyterLab and run there, as a reader does (fast size).
 
+``WORKBENCH_README_FIGURES=1`` also writes the README's figures (``README_FIGURES``, found by their
+title) to ``data/figures/``: the images the README shows are what this check rendered.
+
 Each notebook is run from JupyterLab's Run All command in headless Chromium; the check asserts
 that no cell shows an error or a warning block and that the browser console stayed clean, then
 saves a PNG of every figure, table and widget it rendered under ``runs/browser/<notebook>/`` for
@@ -10,6 +13,8 @@ checked (plotly figures are JSON rendered by JupyterLab's plotly extension, neve
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,21 @@ FIGURES = (
     ".jp-RenderedPlotly, .js-plotly-plot, .wb-highlight, .jp-RenderedHTMLCommon table, .jupyter-widgets.widget-vbox"
 )
 MAX_SAVED_BYTES = 5_000_000
+FIGURES_DIR = ROOT / "data" / "figures"
+#: README image -> (notebook, text the figure shows): the key figures, taken from this check
+README_FIGURES = {
+    "redistribution.png": ("01_token_level_credit.ipynb", "Spec example: entropies, advantages"),
+    "token_highlight.png": ("01_token_level_credit.ipynb", "Sampled group (run gtpo-s0"),
+    "training_curves.png": ("07_reproduction.ipynb", "Accuracy study: 5 seeds per algorithm"),
+    "long_cot.png": ("04_long_cot_stability.ipynb", "Shipped long-CoT study"),
+}
+#: what a notebook must show besides figures: (CSS selector, least count, what it is)
+EXPECTED = {
+    "05_explore.ipynb": [
+        (".widget-slider", 5, "the explorer's sliders"),
+        (".widget-button", 1, "the launcher's button"),
+    ],
+}
 
 
 def _save_figures(nb) -> list[Path]:
@@ -33,17 +53,29 @@ def _save_figures(nb) -> list[Path]:
         outputs = cells.nth(i).locator(".jp-OutputArea-output")
         for j in range(outputs.count()):
             output = outputs.nth(j)
+            if not output.is_visible():  # a widget's static copy, hidden while the widget runs
+                continue
             if not output.evaluate("(e, sel) => e.matches(sel) || !!e.querySelector(sel)", FIGURES):
                 continue
             output.scroll_into_view_if_needed()
             nb.page.wait_for_timeout(200)
             saved.append(nb.screenshot(f"cell{i + 1:02d}-{j + 1}", output))
+            _readme_copy(nb.name, output.evaluate("e => e.textContent"), saved[-1])
     return saved
+
+
+def _readme_copy(notebook: str, text: str, png: Path) -> None:
+    if os.environ.get("WORKBENCH_README_FIGURES") != "1":
+        return
+    for image, (source, title) in README_FIGURES.items():
+        if source == notebook and title in text:
+            FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copy(png, FIGURES_DIR / image)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_jupyterlab(open_notebook, lab, name):
-    nb = open_notebook(name, height=2200)
+    nb = open_notebook(name, width=960, height=2200)
     nb.run_all(timeout=600)
     tracebacks, warnings = nb.tracebacks(), nb.warnings()
     saved = _save_figures(nb)
@@ -54,6 +86,10 @@ def test_notebook_runs_in_jupyterlab(open_notebook, lab, name):
     assert not warnings, f"warning blocks in {name}:\n" + "\n".join(warnings)[-3000:]
     assert not nb.errors, f"browser console errors in {name}: {nb.errors}"
     assert saved, f"no figure rendered in {name}"
+    for selector, least, what in EXPECTED.get(name, []):
+        assert nb.page.locator(selector).count() >= least, f"{what} did not render in {name}"
+    if name == "05_explore.ipynb":
+        assert any("finished" in t for t in nb.page.locator(".jp-OutputArea-output").all_inner_texts())
     stored = Path(lab[2]) / name
     size = stored.stat().st_size
     (ARTEFACTS / Path(name).stem / "saved_size.json").write_text(json.dumps({"bytes": size}))

@@ -124,10 +124,10 @@ def add_curve(
 ) -> None:
     """Add a mean line (``table["mean"]`` against its index) and, when ``band``, the shaded
     ``lower``–``upper`` band behind it. Every trace's ``meta`` is ``meta`` plus its ``kind``.
-    ``markers``: draw a marker at every point (default: when there are at most 60), so that a lone
+    ``markers``: draw a marker at every point (default: when there are at most 30), so that a lone
     point between gaps stays visible."""
     x = list(table.index)
-    markers = len(x) <= 60 if markers is None else markers
+    markers = len(x) <= 30 if markers is None else markers
     if band:
         common = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip", "legendgroup": name}
         fig.add_trace(
@@ -184,7 +184,7 @@ def population_note(runs: list[RunData], metric: str) -> str:
 
 def step_axis(fig: go.Figure, last_step: float, **where) -> None:
     """Whole-number step ticks (never 1.5) on the x axes of ``where`` (all by default)."""
-    dtick = max(1, math.ceil(max(last_step, 1) / 8))
+    dtick = max(1, math.ceil(max(last_step, 1) / 6))
     for nice in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
         if nice >= dtick:
             dtick = nice

@@ -171,7 +171,7 @@ def stability_figure(
     table = stability_table(runs, final=final, window=window, length_key=length_key)
     lengths = sorted(table["length"].unique())
     rows, cols = len(metrics) + 1, len(lengths)
-    titles = [f"{METRIC_LABELS.get(m, (m,))[0]}: chain of {k}" for m in metrics for k in lengths]
+    titles = [f"chain of {k}" for k in lengths] + [""] * (cols * (len(metrics) - 1))  # rows: the y-axis titles
     metric = table["metric"].iloc[0]
     titles.append(f"final {METRIC_LABELS.get(metric, (metric,))[0]} by chain length (dots: seeds, dash: mean)")
     specs = [[{}] * cols for _ in metrics] + [[{"colspan": cols}] + [None] * (cols - 1)]
@@ -200,4 +200,16 @@ def stability_figure(
         f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)
     ]
     title = (title or "Stability across chain lengths") + "".join(f"<br><sup>{n}</sup>" for n in notes)
-    return styled(fig, title=title, height=250 * rows + 120 + 20 * len(notes))
+    height = 250 * rows + 150 + 20 * len(notes)
+    legend = {
+        "orientation": "h",
+        "x": 0,
+        "yref": "container",
+        "y": 1 - (46 + 20 * len(notes)) / height,
+        "yanchor": "top",
+    }
+    return styled(fig, title=title, height=height).update_layout(
+        legend=legend,
+        margin={"t": 130 + 20 * len(notes)},
+        title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 14}},
+    )
