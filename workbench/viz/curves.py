@@ -33,6 +33,7 @@ __all__ = [
     "population_note",
     "step_axis",
     "training_curves",
+    "titled",
 ]
 
 #: ``clip_frac`` and ``approx_kl`` are left out: with one update per batch (the default) the policy that
@@ -197,9 +198,9 @@ def _value_range(panel: str) -> dict:
     a flat line at 0 is not drawn on an axis from -100% to 100%)."""
     tickformat = METRIC_LABELS.get(panel, (None, None, None))[2]
     if tickformat == ".0%":
-        return {"minallowed": 0, "maxallowed": 1}
+        return {"clipmin": 0, "clipmax": 1}
     nonnegative = ("entropy", "response_len_mean", "grad_norm", "approx_kl", "generated_tokens")
-    return {"minallowed": 0} if panel.removeprefix("eval ") in nonnegative else {}
+    return {"clipmin": 0} if panel.removeprefix("eval ") in nonnegative else {}
 
 
 def _no_update_steps(run: RunData) -> list:
@@ -325,24 +326,23 @@ def training_curves(
                 x=[None],
                 y=[None],
                 mode="markers",
-                marker={"symbol": "square", "size": 12, "color": "rgba(120,120,120,0.3)"},
                 name=band_label(band, widest),
+                marker={"symbol": "square", "size": 12, "color": "rgba(120,120,120,0.3)"},
                 meta={"kind": "band_legend"},
             )
         )
-    last = max((float(np.nanmax(t.index)) for _, g in panels for t in g.values() if len(t)), default=1.0)
-    step_axis(fig, last)
-    height = 300 * rows + 140
-    legend = {
-        "orientation": "h",
-        "x": 0,
-        "yref": "container",
-        "y": 1 - 46 / height,
-        "yanchor": "top",
-    }  # under the title
-    return styled(fig, title=title or "Training curves", height=height).update_layout(
+    step_axis(fig, max((float(np.nanmax(t.index)) for _, g in panels for t in g.values() if len(t)), default=1.0))
+    return titled(fig, title or "Training curves", 300 * rows + 140)
+
+
+def titled(fig: go.Figure, title: str, height: int, notes: int = 0) -> go.Figure:
+    """The workbench style with the title at the top and the legend in a row under it (``notes``: lines
+    of small print under the title)."""
+    top = 46 + 20 * notes
+    legend = {"orientation": "h", "x": 0, "yref": "container", "y": 1 - top / height, "yanchor": "top"}
+    return styled(fig, title=title, height=height).update_layout(
         hovermode="x unified",
         legend=legend,
-        margin={"t": 120},
+        margin={"t": 74 + top},
         title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 14}},
     )

@@ -22,9 +22,10 @@ from .curves import (
     population_note,
     run_series,
     step_axis,
+    titled,
 )
 from .sources import RunData, as_runs
-from .style import algorithm_color, display_name, styled
+from .style import algorithm_color, display_name
 
 __all__ = ["stability_table", "stability_figure"]
 
@@ -193,23 +194,11 @@ def stability_figure(
         tickformat=label[2],
         row=rows,
         col=1,
-        autorangeoptions={"minallowed": 0, "maxallowed": 1} if label[2] == ".0%" else None,
+        autorangeoptions={"clipmin": 0, "clipmax": 1} if label[2] == ".0%" else None,
     )
     fig.update_layout(scattermode="group")
     notes = [
         f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)
     ]
     title = (title or "Stability across chain lengths") + "".join(f"<br><sup>{n}</sup>" for n in notes)
-    height = 250 * rows + 150 + 20 * len(notes)
-    legend = {
-        "orientation": "h",
-        "x": 0,
-        "yref": "container",
-        "y": 1 - (46 + 20 * len(notes)) / height,
-        "yanchor": "top",
-    }
-    return styled(fig, title=title, height=height).update_layout(
-        legend=legend,
-        margin={"t": 130 + 20 * len(notes)},
-        title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 14}},
-    )
+    return titled(fig, title, 250 * rows + 150 + 20 * len(notes), notes=len(notes)).update_layout(hovermode="closest")
