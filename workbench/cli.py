@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.argv = argv
     debug = bool(getattr(args, "debug", False) or os.environ.get("WORKBENCH_DEBUG"))
+    formatwarning = warnings.formatwarning
     if not debug:
         warnings.formatwarning = _one_line_warning
     try:
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _one_line(error: BaseException) -> str:
