@@ -208,3 +208,19 @@ def test_accelerate_fsdp_is_refused_with_the_way_to_shard(tmp_path, monkeypatch)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="--parallel fsdp"):
         Trainer(TrainConfig(output_dir=str(tmp_path / "run")), progress=False)
+
+
+def test_batch_wide_advantages_need_a_replicated_rollout():
+    """Advantages over the whole batch (scale="batch", normalize="per_polarity_batch") need every
+    group in every process: a sharded rollout over several processes is refused, naming the fix."""
+    from workbench.distributed import check_config, needs_whole_batch
+
+    sharded = TrainConfig(algorithm="gtpo_per_polarity_batch")
+    kwargs = sharded.resolved_algorithm().advantage_kwargs
+    assert needs_whole_batch(kwargs) and not needs_whole_batch({"normalize": "per_polarity"})
+    with pytest.raises(ValueError, match="rollout='replicated'"):
+        check_config(sharded, 2, kwargs)
+    check_config(sharded, 1, kwargs)  # one process holds the whole batch
+    check_config(sharded.replace(rollout="replicated"), 2, kwargs)
+    with pytest.raises(ValueError, match="rollout='replicated'"):
+        check_config(TrainConfig(algorithm="grpo", advantage_kwargs={"scale": "batch"}), 2, {"scale": "batch"})

@@ -115,7 +115,7 @@ def check_overlong_budget(task: Task, tokenizer, max_new_tokens: int, cache_len:
         f"overlong_cache = {max_new_tokens} - {cache_len} = {start} tokens): raise max_new_tokens to at least "
         f"{longest + cache_len}, lower overlong_cache, or set overlong_shaping=false"
     )
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=4)
     return message
 
 

@@ -55,7 +55,7 @@ class Task:
             warnings.warn(
                 f"eval_size={n} is larger than the held-out split of task {self.name!r} ({size} distinct "
                 f"problems): evaluating on {len(examples)} distinct ones (lower eval_size, or add problems)",
-                stacklevel=2,
+                stacklevel=4,
             )
         return examples
 
