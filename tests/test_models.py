@@ -262,3 +262,19 @@ def test_files_that_are_not_gguf_are_refused(tmp_path):
     other.write_bytes(b"x")
     with pytest.raises(ValueError, match="is a file; give a checkpoint directory, a .gguf file"):
         TrainConfig(model=str(other))
+
+
+def test_convert_gguf_from_the_command_line(tiny_gguf, tmp_path):
+    import subprocess
+    import sys
+
+    path, tensors = tiny_gguf
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench", "convert-gguf", str(path), str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    model, _ = load_model(tmp_path / "ckpt")
+    np.testing.assert_array_equal(model.model.embed_tokens.weight.detach().numpy(), tensors["token_embd.weight"])
