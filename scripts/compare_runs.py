@@ -66,6 +66,10 @@ NO_DYNAMIC_SAMPLING = {"grpo", "dr_grpo", "gtpo_twopass", "grpo_micro", "grpo_s_
 MOVED = ("reward", "accuracy", "response_len_mean", "entropy")  # now over all sampled groups; *_kept: as before
 
 
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def capture(out: Path) -> None:
     from workbench.trainer import train
 
@@ -74,14 +78,15 @@ def capture(out: Path) -> None:
     for name, settings in CASES.items():
         with tempfile.TemporaryDirectory() as d:
             run = train({**WARM, **settings, "output_dir": d}, progress=False)
-            lines = lambda f: (
-                [json.loads(x) for x in (run.path / f).read_text().splitlines()] if (run.path / f).exists() else []
-            )  # noqa: E731,E501
             metrics = [
                 {k: v for k, v in r.items() if not k.startswith("time_") and k != "tokens_per_s"}
-                for r in lines("metrics.jsonl")
+                for r in _read(run.path / "metrics.jsonl")
             ]
-            data = {"metrics": metrics, "evals": lines("eval.jsonl"), "samples": lines("samples.jsonl")}
+            data = {
+                "metrics": metrics,
+                "evals": _read(run.path / "eval.jsonl"),
+                "samples": _read(run.path / "samples.jsonl"),
+            }
             (out / f"{name}.json").write_text(json.dumps(data))
             print(name, "captured", flush=True)
 
