@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh --tiny     # every part at its smallest size, on CPU (the test suite runs this)
 #   bash benchmarks/gpu_check.sh --dry-run  # print the parts and their commands, run nothing
 #   PARTS="env gtpo" bash benchmarks/gpu_check.sh --tiny   # only the parts named
+# OUT (where the results file goes) and GPU_CHECK_WORK (logs, the GTPO run) move its files.
 #
 # Parts, most important first, each under its own time limit (a part that overruns is stopped and
 # the next one starts; the file says so); limits sum to 470 s:
@@ -31,8 +32,8 @@ if [ -z "${PY:-}" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 DEST=${OUT:-runs/gpu_check}
-WORK=runs/gpu_check/work
-mkdir -p "$DEST" "$WORK"
+WORK=${GPU_CHECK_WORK:-runs/gpu_check/work}  # logs and the GTPO run (its checkpoint is removed after the part)
+[ "$MODE" != dry ] && mkdir -p "$DEST" "$WORK"
 RESULTS=$DEST/gpu_check.txt
 export PYTHONUNBUFFERED=1
 
@@ -103,7 +104,7 @@ print('transformers', transformers.__version__, 'threads', torch.get_num_threads
 }
 
 gtpo_run() {  # a short GTPO run on SmolLM2; prints its steps and evaluations
-    local run=runs/gpu_check/gtpo-smollm2
+    local run=$WORK/gtpo-smollm2
     "$PY" -m workbench train --model smollm2-135m-instruct --task word_arithmetic --algorithm gtpo \
         --dynamic-sampling false --overlong-shaping false --lr 2e-6 --save-every 1000000 --log-samples-every 1000 \
         --device "$DEVICE" --output-dir "$run" --overwrite "$@" || return $?
@@ -115,10 +116,11 @@ cols = [c for c in ("step", "time_step", "time_rollout", "time_update", "generat
                     "grad_norm") if c in run.metrics]
 print(run.metrics[cols].to_string(index=False))
 EOF
+    rm -rf "$run/checkpoints"  # 1.6 GB of weights and optimizer state: not needed for the numbers
 }
 
 export -f env_report gtpo_run
-export PY DEVICE
+export PY DEVICE WORK
 if [ "$MODE" = dry ]; then echo "results file: $RESULTS"; fi
 part env 30 no env_report
 part gtpo "${LIMITS[0]}" yes gtpo_run "${GTPO[@]}"

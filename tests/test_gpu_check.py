@@ -38,7 +38,8 @@ def test_it_parses_and_lists_every_part_at_gpu_size():
 
 
 def test_the_real_model_parts_run_tiny_on_cpu(tmp_path):
-    stdout = run("--tiny", env={"OUT": str(tmp_path), "PARTS": "env gtpo trl-smollm2"})
+    env = {"OUT": str(tmp_path), "GPU_CHECK_WORK": str(tmp_path / "work"), "PARTS": "env gtpo trl-smollm2"}
+    stdout = run("--tiny", env=env)
     text = (tmp_path / "gpu_check.txt").read_text()
     assert "results:" in stdout
     if "## gtpo: skipped (SmolLM2 no:" in text:
@@ -48,6 +49,7 @@ def test_the_real_model_parts_run_tiny_on_cpu(tmp_path):
     assert "trl-default" not in text  # PARTS chooses
     assert re.search(r"^\s+1\s+[\d.]+", text, re.M)  # the GTPO run's metrics row of step 1
     assert "ratio TRL/ours: step" in text and "peak memory" in text
+    assert not (tmp_path / "work" / "gtpo-smollm2" / "checkpoints").exists()  # 1.6 GB removed after the part
 
 
 def test_profile_step_smoke():
