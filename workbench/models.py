@@ -116,7 +116,7 @@ def model_source(model) -> Path:
         return _check_gguf(path)
     if looks_like_hub_name(text):
         raise FileNotFoundError(
-            f"model: {text!r} looks like a Hugging Face hub name; hub names are never downloaded. "
+            f"model: {text!r} is no local path and looks like a Hugging Face hub name; hub names are never downloaded. "
             "Download the checkpoint yourself and pass its local directory, or use a named model "
             f"({', '.join(sorted(NAMED_MODELS))})"
         )
