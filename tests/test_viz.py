@@ -388,12 +388,14 @@ def test_stability_final_accuracy_per_length(tmp_path):
     assert set(table["initial"]) == {0.0}
     fig = viz.stability_figure(runs)
     final = {t.meta["group"]: t for t in _traces(fig, kind="final")}
-    assert list(final["gtpo"].x) == ["4", "16"] and fig.layout.xaxis5.type == "category"  # lengths as categories
+    # lengths as evenly spaced categories: x is the category's index plus the algorithm's small offset
+    assert list(fig.layout.xaxis5.ticktext) == ["4", "16"] and list(fig.layout.xaxis5.tickvals) == [0, 1]
+    assert [round(x) for x in final["gtpo"].x] == [0, 1] and list(final["gtpo"].customdata) == [4, 16]
     np.testing.assert_allclose(final["gtpo"].y, [0.8, 0.4])
     np.testing.assert_allclose(final["grpo_s"].y, [0.8, 0.6])
     seeds = {t.meta["group"]: t for t in _traces(fig, kind="seed")}  # one dot per seed
-    assert list(seeds["gtpo"].x) == ["4", "4", "16", "16"] and list(seeds["gtpo"].y) == [0.9, 0.7, 0.5, 0.3]
-    assert list(seeds["gtpo"].customdata) == [0, 1, 0, 1]
+    assert [round(x) for x in seeds["gtpo"].x] == [0, 0, 1, 1] and list(seeds["gtpo"].y) == [0.9, 0.7, 0.5, 0.3]
+    assert [tuple(c) for c in seeds["gtpo"].customdata] == [(0, 4), (1, 4), (0, 16), (1, 16)]
     assert list(_traces(fig, kind="start")[0].y) == [0.0, 0.0]
     entropy16 = _traces(fig, metric="entropy", length=16, group="gtpo", kind="mean")[0]
     np.testing.assert_allclose(entropy16.y, [1.0, 1 - 0.4 / 2])

@@ -98,40 +98,49 @@ def _trajectories(
     fig.update_yaxes(autorangeoptions=_value_range(name), row=row, col=col)
 
 
-def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) -> None:
-    """Final accuracy per chain length on a categorical axis: one dot per seed, a dash for the mean,
-    a grey diamond for the start (the warm start's evaluation at step 0)."""
+def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) -> list[int]:
+    """Final accuracy per chain length, lengths as evenly spaced categories (``x`` is the category's index
+    plus a small offset per algorithm): one dot per seed, a dash for the mean, a grey diamond for the
+    start (the warm start's evaluation at step 0). Returns the lengths in category order."""
+    lengths = sorted(table["length"].unique())
+    algorithms = sorted(table["algorithm"].unique(), key=_order)
+    slot = {name: -0.4 + 0.8 * (k + 0.5) / (len(algorithms) + 1) for k, name in enumerate(["start", *algorithms])}
+
+    def where(values, name):
+        return [lengths.index(v) + slot[name] for v in values]
+
     starts = table.groupby("length")["initial"].mean()
     fig.add_trace(
         go.Scatter(
-            x=[str(k) for k in starts.index],
+            x=where(starts.index, "start"),
             y=starts,
             mode="markers",
             name="start (step 0)",
-            marker={"symbol": "diamond-open", "size": 11, "color": "#555", "line": {"width": 2}},
-            offsetgroup="start",
             legendrank=2000,
+            marker={"symbol": "diamond-open", "size": 11, "color": "#555", "line": {"width": 2}},
             meta={"kind": "start"},
-            hovertemplate="chain of %{x}: start %{y:.1%}<extra></extra>",
+            customdata=list(starts.index),
+            hovertemplate="chain of %{customdata}: start %{y:.1%}<extra></extra>",
         ),
         row=row,
         col=1,
     )
-    for algorithm, points in sorted(table.groupby("algorithm"), key=lambda kv: _order(kv[0])):
+    for algorithm in algorithms:
+        points = table[table["algorithm"] == algorithm]
         color, name = algorithm_color(algorithm), display_name(algorithm)
-        common = {"legendgroup": algorithm, "offsetgroup": algorithm, "marker": {"color": color}}
         fig.add_trace(
             go.Scatter(
-                x=[str(k) for k in points["length"]],
+                x=where(points["length"], algorithm),
                 y=points["final"],
                 mode="markers",
                 name=name,
+                legendgroup=algorithm,
                 showlegend=algorithm not in in_legend,
-                customdata=points["seed"],
-                **common,
+                marker={"color": color, "size": 8},
+                customdata=list(zip(points["seed"], points["length"])),
                 meta={"kind": "seed", "group": algorithm},
-                marker_size=8,
-                hovertemplate=f"{name}, seed %{{customdata}}: %{{y:.1%}}<extra></extra>",
+                hovertemplate=f"{name}, chain of %{{customdata[1]}}, seed %{{customdata[0]}}: %{{y:.1%}}"
+                "<extra></extra>",
             ),
             row=row,
             col=1,
@@ -139,19 +148,22 @@ def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) 
         means = points.groupby("length")["final"].mean()
         fig.add_trace(
             go.Scatter(
-                x=[str(k) for k in means.index],
+                x=where(means.index, algorithm),
                 y=means,
                 mode="markers",
                 name=f"{name} mean",
                 showlegend=False,
-                **{**common, "marker": {"color": color, "symbol": "line-ew-open", "size": 22, "line": {"width": 3}}},
+                legendgroup=algorithm,
+                marker={"color": color, "symbol": "line-ew-open", "size": 22, "line": {"width": 3}},
+                customdata=list(means.index),
                 meta={"kind": "final", "group": algorithm},
-                hovertemplate=f"{name} mean: %{{y:.1%}}<extra></extra>",
+                hovertemplate=f"{name}, chain of %{{customdata}}: mean %{{y:.1%}}<extra></extra>",
             ),
             row=row,
             col=1,
         )
         in_legend.add(algorithm)
+    return lengths
 
 
 def stability_figure(
@@ -186,9 +198,17 @@ def stability_figure(
             _trajectories(fig, subset, name, length, row, col, smooth, in_legend)
             if col == 1:
                 fig.update_yaxes(title_text=METRIC_LABELS.get(name, (name, name))[1], row=row, col=col)
-    _final_panel(fig, table, rows, in_legend)
+    categories = _final_panel(fig, table, rows, in_legend)
     label = METRIC_LABELS.get(metric, (metric, metric, None))
-    fig.update_xaxes(title_text="chain length (operations)", type="category", row=rows, col=1)
+    fig.update_xaxes(
+        title_text="chain length (operations)",
+        tickvals=list(range(len(categories))),
+        ticktext=[str(k) for k in categories],
+        range=[-0.5, len(categories) - 0.5],
+        showgrid=False,
+        row=rows,
+        col=1,
+    )
     fig.update_yaxes(
         title_text=label[1],
         tickformat=label[2],
@@ -196,7 +216,6 @@ def stability_figure(
         col=1,
         autorangeoptions={"clipmin": 0, "clipmax": 1} if label[2] == ".0%" else None,
     )
-    fig.update_layout(scattermode="group")
     notes = [
         f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)
     ]

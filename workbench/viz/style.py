@@ -78,7 +78,7 @@ TEMPLATE.layout.update(
     margin={"l": 70, "r": 30, "t": 70, "b": 60},
     legend={"title": {"text": ""}},
 )
-TEMPLATE.layout.xaxis.update(gridcolor="#eee", zerolinecolor="#ccc", automargin=True)
+TEMPLATE.layout.xaxis.update(gridcolor="#eee", zeroline=False, automargin=True)
 TEMPLATE.layout.yaxis.update(gridcolor="#eee", zerolinecolor="#ccc", automargin=True)
 pio.templates["workbench"] = TEMPLATE
 
