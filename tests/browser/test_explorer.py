@@ -1,4 +1,5 @@
-"""The shaping explorer moved through its controls in the browser: the rendered figure must follow.
+"""The shaping explorer moved through its controls in the browser: the rendered figure must follow;
+then saved and reopened without its kernel: a static figure must show.
 
 A widget updated in place can be right in Python and frozen in the page (plotly's FigureWidget
 lost every redraw once the number of rows changed). This check types new values into the
@@ -72,8 +73,9 @@ def _figure_after(cell, before, timeout_ms: int = 15_000):
     return before
 
 
-def test_explorer_redraws_when_every_control_moves(open_notebook, lab):
-    nb = open_notebook(_write_notebook(lab[2]))
+def test_explorer_redraws_when_every_control_moves_and_saves_small(open_notebook, lab):
+    name = _write_notebook(lab[2])
+    nb = open_notebook(name)
     nb.run_all(timeout=120)
     cell = nb.page.locator(".jp-CodeCell").nth(1)
     cell.locator(".widget-output .js-plotly-plot").wait_for(timeout=30_000)
@@ -89,23 +91,18 @@ def test_explorer_redraws_when_every_control_moves(open_notebook, lab):
         ("normalize", lambda: cell.locator("button[data-value='per_polarity']").click(), {"rows": 12}),
     ]
     seen = first
-    for name, move, expected in steps:
+    for what, move, expected in steps:
         move()
         now = _figure_after(cell, seen)
-        assert now != seen, f"the figure did not redraw after moving {name}"
-        assert now["rows"] == expected["rows"], f"after moving {name}: {now['rows']} row labels, expected {expected}"
-        assert json.loads(now["z"]) != json.loads(seen["z"]), f"cell values unchanged after moving {name}"
+        assert now != seen, f"the figure did not redraw after moving {what}"
+        assert now["rows"] == expected["rows"], f"after moving {what}: {now['rows']} row labels, expected {expected}"
+        assert json.loads(now["z"]) != json.loads(seen["z"]), f"cell values unchanged after moving {what}"
         seen = now
     nb.screenshot("explorer-after-moves", cell)
     assert not nb.tracebacks() and not nb.warnings(), nb.tracebacks() + nb.warnings()
     assert not nb.errors, nb.errors
 
-
-def test_explorer_saved_and_reopened_without_its_kernel_shows_a_static_figure(open_notebook, lab):
-    """What a reader of a saved notebook sees: JupyterLab cannot render a widget whose kernel is gone."""
-    name = _write_notebook(lab[2], "explorer_saved.ipynb")
-    nb = open_notebook(name)
-    nb.run_all(timeout=120)
+    # what a reader of the saved notebook sees: JupyterLab cannot render a widget whose kernel is gone
     nb.command("docmanager:save")
     nb.page.wait_for_timeout(1500)
     nb.close()
