@@ -118,7 +118,7 @@ def test_token_highlight_header_tokens_and_hover():
     text = view.to_html()
     assert view._repr_html_().count("wb-view-entropy") == 2  # the CSS rule and the view
     assert "prompt <code>1+2=</code>" in text and "gold answer <code>3</code>" in text and "2 of 4 right" in text
-    assert "run run-a, step 3, group 0" in text
+    assert "from run-a, step 3, group 0" in text
     spans = _spans(text, "entropy")
     assert len(spans) == 10  # every valid token of the four responses, once per view
     colour, title, token = spans[1]  # response 0, position 1: '<b>' with entropy 4.0, the group's maximum

@@ -75,7 +75,7 @@ def _figure_after(cell, before, timeout_ms: int = 15_000):
 
 def test_explorer_redraws_when_every_control_moves_and_saves_small(open_notebook, lab):
     name = _write_notebook(lab[2])
-    nb = open_notebook(name)
+    nb = open_notebook(name, height=1600)
     nb.run_all(timeout=120)
     cell = nb.page.locator(".jp-CodeCell").nth(1)
     cell.locator(".widget-output .js-plotly-plot").wait_for(timeout=30_000)

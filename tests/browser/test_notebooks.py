@@ -33,7 +33,7 @@ FIGURES_DIR = ROOT / "data" / "figures"
 #: README image -> (notebook, text the figure shows): the key figures, taken from this check
 README_FIGURES = {
     "redistribution.png": ("01_token_level_credit.ipynb", "Spec example: entropies, advantages"),
-    "token_highlight.png": ("01_token_level_credit.ipynb", "Sampled group (run gtpo-s0"),
+    "token_highlight.png": ("01_token_level_credit.ipynb", "Sampled group (from gtpo-s0"),
     "training_curves.png": ("07_reproduction.ipynb", "Accuracy study: 5 seeds per algorithm"),
     "long_cot.png": ("04_long_cot_stability.ipynb", "Shipped long-CoT study"),
 }

@@ -146,7 +146,7 @@ class TokenHighlight:
         info = g.info
         where = ", ".join(
             f"{name} {info[k]}"
-            for k, name in (("source", "run"), ("step", "step"), ("group", "group"))
+            for k, name in (("source", "from"), ("step", "step"), ("group", "group"))
             if info.get(k) not in (None, "")
         )
         title = self.title or ("Sampled group" + (f" ({where})" if where else ""))

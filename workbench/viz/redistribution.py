@@ -304,7 +304,7 @@ def redistribution_from_sample(
     if title is None:
         where = ", ".join(
             f"{name} {group.info[k]}"
-            for k, name in (("source", "run"), ("step", "step"), ("group", "group"))
+            for k, name in (("source", "from"), ("step", "step"), ("group", "group"))
             if group.info.get(k) not in (None, "")
         )
         title = "Per-token advantages" + (f" of a logged group ({where})" if where else "") + _settings(algo_kwargs)
