@@ -528,7 +528,7 @@ def test_widgets_send_json_without_nan_and_stay_small(tmp_path, monkeypatch):
         assert "(its controls need a live kernel)" in bundle["text/plain"] and "children=" not in bundle["text/plain"]
 
 
-def test_widgets_display_a_static_figure_before_the_live_one(monkeypatch):
+def test_widgets_display_a_static_copy_of_their_figure_after_the_live_one(monkeypatch):
     """A reader without a kernel sees the static copy; the live widget carries the marker that hides it."""
     import IPython.display
 
