@@ -81,6 +81,8 @@ def test_each_algorithm_trains_end_to_end(tmp_path, algorithm):
     resp = sample["responses"][0]
     assert len(resp["tokens"]) == len(resp["entropies"]) == len(resp["advantages"]) == len(resp["logprobs"])
     assert len(sample["responses"]) == 4 and sample["algorithm"] == algorithm
+    a, b = map(int, sample["prompt"].rstrip("=").split("+"))
+    assert sample["answer"] == str(a + b)  # the gold answer of the group's prompt
     ckpt = run.latest_checkpoint()
     assert ckpt.name == "step_000002" and (ckpt / "model.safetensors").exists()
 

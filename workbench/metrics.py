@@ -150,5 +150,5 @@ def sample_records(tokenizer, batch, advantages: torch.Tensor, groups: int) -> l
                     correct=bool(batch.correct[i]),
                 )
             )
-        out.append({"group": g, "prompt": batch.prompts[g], "responses": responses})
+        out.append({"group": g, "prompt": batch.prompts[g], "answer": batch.answers[g], "responses": responses})
     return out

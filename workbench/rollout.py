@@ -130,6 +130,7 @@ class Batch:
     correct: torch.Tensor  # [B] bool
     truncated: torch.Tensor  # [B] bool
     prompts: list[str]  # [G]
+    answers: list[str]  # [G] gold answers
     texts: list[str]  # [B]
     group_size: int
     idle: bool = False  # a stand-in at zero weight: this process has no group this step
@@ -154,7 +155,7 @@ class Batch:
                 value = value[rows]
             elif f.name == "texts":
                 value = value[rows]
-            elif f.name == "prompts":
+            elif f.name in ("prompts", "answers"):
                 value = value[first:last]
             elif f.name == "scored" and value is not None:
                 value = value.rows(rows)
@@ -204,6 +205,7 @@ def collate(groups: list[Group], pad_token_id: int, device) -> Batch:
         correct=torch.cat([g.correct for g in groups]).to(device),
         truncated=torch.cat([g.truncated for g in groups]),
         prompts=[g.example.prompt for g in groups],
+        answers=[g.example.answer for g in groups],
         texts=[t for g in groups for t in g.texts],
         group_size=groups[0].size,
     )
