@@ -32,8 +32,21 @@ def test_scaling_smoke():
 
 
 def test_learning_smoke(tmp_path):
-    out = run(BENCH / "learning.py", "--algorithms", "grpo", "--steps", "1", "--prompts-per-step", "2",
-              "--group-size", "2", "--eval-size", "4", "--out", tmp_path)
+    out = run(
+        BENCH / "learning.py",
+        "--algorithms",
+        "grpo",
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--eval-size",
+        "4",
+        "--out",
+        tmp_path,
+    )
     assert "grpo" in out
 
 

@@ -1,5 +1,7 @@
 """The character tokenizer: exact round trips, save/load, special tokens."""
 
+import json
+
 from transformers import AutoTokenizer
 
 from workbench.tasks import get_task
@@ -9,8 +11,14 @@ from workbench.tokenizer import build_char_tokenizer
 def test_round_trips_every_task_text(tmp_path):
     tok = build_char_tokenizer()
     path = tmp_path / "t.jsonl"
-    path.write_text("\n".join('{"question": "What is %d plus 1?", "answer": "%d"}' % (i, i + 1) for i in range(30)))
-    tasks = [get_task("addition"), get_task("addition", digits=7), get_task("chain", steps=20), get_task("jsonl", path=str(path))]
+    rows = [{"question": f"What is {i} plus 1?", "answer": str(i + 1)} for i in range(30)]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    tasks = [
+        get_task("addition"),
+        get_task("addition", digits=7),
+        get_task("chain", steps=20),
+        get_task("jsonl", path=str(path)),
+    ]
     for task in tasks:
         for ex in task.generate("train", 20, 0):
             text = ex.prompt + ex.solution
@@ -45,8 +53,13 @@ def test_a_saved_model_checkpoint_keeps_spaces_and_newlines(tmp_path):
     from workbench.models import build_tiny_model, load_model, save_model
 
     tok = build_char_tokenizer()
-    save_model(build_tiny_model(tok, num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                num_attention_heads=2, num_key_value_heads=1), tok, tmp_path / "m")
+    save_model(
+        build_tiny_model(
+            tok, num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1
+        ),
+        tok,
+        tmp_path / "m",
+    )
     _, loaded = load_model(tmp_path / "m")
     text = "What is 12 + 3?\nAnswer: 15"
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]

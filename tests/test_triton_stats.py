@@ -12,8 +12,10 @@ from workbench import entropy, triton_stats  # noqa: E402
 from workbench.entropy import token_stats_from_hidden  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.skipif(not triton_stats.available(DEVICE),
-                                reason="needs CUDA, or TRITON_INTERPRET=1 without it (tests/conftest.py sets it)")
+pytestmark = pytest.mark.skipif(
+    not triton_stats.available(DEVICE),
+    reason="needs CUDA, or TRITON_INTERPRET=1 without it (tests/conftest.py sets it)",
+)
 
 
 def reference(z64: torch.Tensor, tok: torch.Tensor, temperature: float):
@@ -68,12 +70,21 @@ def test_backward_matches_autograd(grads):
     loss = loss + ((ent * g_ent).sum() if g_ent is not None else 0.0)
     loss.backward()
     lse, _, H = triton_stats.stats_forward(z.float(), tok, T)
-    dz = triton_stats.stats_backward(z.float(), tok, lse, H, None if g_logp is None else g_logp.float(),
-                                     None if g_ent is None else g_ent.float(), T)
+    dz = triton_stats.stats_backward(
+        z.float(), tok, lse, H, None if g_logp is None else g_logp.float(), None if g_ent is None else g_ent.float(), T
+    )
     torch.testing.assert_close(dz.double(), z64.grad, atol=2e-6, rtol=1e-4)
     buf = z.float().clone()  # in place: the gradient overwrites the logits it is computed from
-    out = triton_stats.stats_backward(buf, tok, lse, H, None if g_logp is None else g_logp.float(),
-                                      None if g_ent is None else g_ent.float(), T, out=buf)
+    out = triton_stats.stats_backward(
+        buf,
+        tok,
+        lse,
+        H,
+        None if g_logp is None else g_logp.float(),
+        None if g_ent is None else g_ent.float(),
+        T,
+        out=buf,
+    )
     assert out.data_ptr() == buf.data_ptr()
     torch.testing.assert_close(out, dz)
 
@@ -90,8 +101,9 @@ def test_hidden_path_triton_equals_torch():
     out = {}
     for impl in ("torch", "triton"):
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-        logp, ent = token_stats_from_hidden(h, w, tokens, mask, temperature=0.9, chunk_size=4, entropy_grad=True,
-                                            impl=impl)
+        logp, ent = token_stats_from_hidden(
+            h, w, tokens, mask, temperature=0.9, chunk_size=4, entropy_grad=True, impl=impl
+        )
         (logp.sum() - 0.3 * ent.sum()).backward()
         out[impl] = (logp.detach(), ent.detach(), h.grad, w.grad)
     for a, b in zip(out["torch"], out["triton"]):

@@ -32,13 +32,34 @@ def make_trainer(tmp_path, algorithm, steps=2):
     def reward(prompts, completions, **_):
         return [task.reward(examples[p], c) for p, c in zip(prompts, completions)]
 
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4 * N, num_generations=N,
-                      max_completion_length=16, max_steps=steps, learning_rate=1e-3, beta=0.0, top_k=0,
-                      temperature=1.0, gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none",
-                      save_strategy="no", logging_steps=1, shuffle_dataset=False, seed=0, disable_dropout=True)
-    trainer = EntropyShapedGRPOTrainer(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
-                                       train_dataset=Dataset.from_list([{"prompt": p} for p in examples]),
-                                       algorithm=algorithm)
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4 * N,
+        num_generations=N,
+        max_completion_length=16,
+        max_steps=steps,
+        learning_rate=1e-3,
+        beta=0.0,
+        top_k=0,
+        temperature=1.0,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        shuffle_dataset=False,
+        seed=0,
+        disable_dropout=True,
+    )
+    trainer = EntropyShapedGRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in examples]),
+        algorithm=algorithm,
+    )
     return trainer, task, examples, tokenizer
 
 
@@ -53,8 +74,14 @@ def test_trl_loss_receives_workbench_advantages(tmp_path, algorithm, fn):
         mask = inputs["completion_mask"].bool()
         T = mask.shape[1]
         with torch.no_grad():
-            _, ent = token_stats_from_model(model, ids, torch.cat([inputs["prompt_mask"], mask.long()], 1),
-                                            response_len=T, response_mask=mask, method="logits")
+            _, ent = token_stats_from_model(
+                model,
+                ids,
+                torch.cat([inputs["prompt_mask"], mask.long()], 1),
+                response_len=T,
+                response_mask=mask,
+                method="logits",
+            )
         prompts = tokenizer.batch_decode(inputs["prompt_ids"], skip_special_tokens=True)
         texts = tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
         rewards = torch.tensor([task.reward(examples[p], t) for p, t in zip(prompts, texts)])

@@ -22,9 +22,25 @@ def test_verl_estimators_inside_verl():
     if not VERL_PYTHON.exists():
         pytest.skip(".venv-verl is absent: build it with `make verl-env` (verl 0.9.1 in its own venv)")
     proc = subprocess.run(
-        [str(VERL_PYTHON), "-m", "pytest", "tests/inside_verl", "-q", "-rs", "-p", "no:cacheprovider",
-         "-W", "ignore::UserWarning", "-W", "ignore::DeprecationWarning"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            str(VERL_PYTHON),
+            "-m",
+            "pytest",
+            "tests/inside_verl",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::UserWarning",
+            "-W",
+            "ignore::DeprecationWarning",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     summary = out.strip().splitlines()[-1]

@@ -6,7 +6,7 @@ advantage function and its loss defaults.
 """
 
 from . import advantages, entropy, losses, rewards
-from .advantages import dapo, grpo, grpo_s, gtpo, shaped_rewards_gtpo, shaped_rewards_grpo_s
+from .advantages import dapo, grpo, grpo_s, gtpo, shaped_rewards_grpo_s, shaped_rewards_gtpo
 from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register_algorithm
 from .entropy import token_stats, token_stats_from_model
 from .losses import policy_loss
@@ -15,8 +15,14 @@ from .rewards import grop_penalty, overlong_penalty
 __version__ = "0.1.0"
 
 # Training, tasks and runs pull in transformers and accelerate: imported on first use.
-_LAZY = {"train": "trainer", "resume": "trainer", "Trainer": "trainer", "TrainConfig": "config",
-         "load_run": "runs", "get_task": "tasks"}
+_LAZY = {
+    "train": "trainer",
+    "resume": "trainer",
+    "Trainer": "trainer",
+    "TrainConfig": "config",
+    "load_run": "runs",
+    "get_task": "tasks",
+}
 
 
 def __getattr__(name):
@@ -25,6 +31,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
 
 __all__ = [
     "ALGORITHMS",

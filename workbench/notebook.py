@@ -33,7 +33,8 @@ def runs_root(name: str = "") -> Path:
     """Where notebooks write their runs: ``<project>/runs/notebooks/<name>`` (``runs/ci/...`` at
     fast size); ``WORKBENCH_RUNS`` moves the whole tree."""
     base = os.environ.get("WORKBENCH_RUNS") or (
-        PROJECT_ROOT / "runs" if (PROJECT_ROOT / "pyproject.toml").is_file() else Path("runs"))
+        PROJECT_ROOT / "runs" if (PROJECT_ROOT / "pyproject.toml").is_file() else Path("runs")
+    )
     root = Path(base) / ("ci" if FAST else "notebooks")
     return root / name if name else root
 

@@ -17,8 +17,13 @@ for _ in range(48):  # the shipped model's own format: it can answer these
     rows.append({"question": f"{a}+{b}=", "answer": str(a + b)})
 for _ in range(8):  # word problems and LaTeX answers: a real instruct model's kind of question
     p, q = rng.randint(1, 9), rng.randint(2, 9)
-    rows.append({"question": f"What is {p}/{q} + 1/{q}? Answer as a fraction.",
-                 "answer": f"\\frac{{{p + 1}}}{{{q}}}", "solution": f"{p}/{q} + 1/{q} = {p + 1}/{q}"})
+    rows.append(
+        {
+            "question": f"What is {p}/{q} + 1/{q}? Answer as a fraction.",
+            "answer": f"\\frac{{{p + 1}}}{{{q}}}",
+            "solution": f"{p}/{q} + 1/{q} = {p + 1}/{q}",
+        }
+    )
 for _ in range(8):
     n = rng.randint(2, 12)
     rows.append({"question": f"A box holds {n} rows of {n + 3} eggs. How many eggs?", "answer": n * (n + 3)})

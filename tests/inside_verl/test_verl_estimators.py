@@ -20,13 +20,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
-
-import workbench
-from workbench.integrations import verl as wv
-
 from verl.protocol import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 from verl.utils import tensordict_utils as tu
+
+import workbench
+from workbench.integrations import verl as wv
 
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-6
@@ -63,13 +62,19 @@ def to_verl(rewards, entropies, mask, seed=0):
     token_level_rewards = torch.zeros(G * n, T)
     token_level_rewards[torch.arange(G * n), last] = rewards.reshape(-1)[perm].float()
     index = np.array([uids[int(i) // n] for i in perm], dtype=object)
-    return dict(token_level_rewards=token_level_rewards, response_mask=flat_mask.long(),
-                entropies=entropies.reshape(G * n, T)[perm].float(), index=index), perm
+    return dict(
+        token_level_rewards=token_level_rewards,
+        response_mask=flat_mask.long(),
+        entropies=entropies.reshape(G * n, T)[perm].float(),
+        index=index,
+    ), perm
 
 
 def concat(*batches):
-    return {k: np.concatenate([b[k] for b in batches]) if k == "index" else torch.cat([b[k] for b in batches])
-            for k in batches[0]}
+    return {
+        k: np.concatenate([b[k] for b in batches]) if k == "index" else torch.cat([b[k] for b in batches])
+        for k in batches[0]
+    }
 
 
 def expected(name, rewards, entropies, mask, perm, **kw):
@@ -85,16 +90,29 @@ def spec_example():
     return rewards, entropies, mask
 
 
-SPEC_GTPO = torch.tensor([[0.930469, 0.999393, 0.947700], [0.964931, 0.896007, 0.0],
-                          [-0.990777, -0.880691, -0.947700], [-0.904623, -1.014709, 0.0]])
-SPEC_GTPO_PER_POLARITY = torch.tensor([[-0.447204, 1.341611, 0.0], [0.447204, -1.341611, 0.0],
-                                       [-0.764735, 1.189588, 0.0], [0.764735, -1.189588, 0.0]])
+SPEC_GTPO = torch.tensor(
+    [
+        [0.930469, 0.999393, 0.947700],
+        [0.964931, 0.896007, 0.0],
+        [-0.990777, -0.880691, -0.947700],
+        [-0.904623, -1.014709, 0.0],
+    ]
+)
+SPEC_GTPO_PER_POLARITY = torch.tensor(
+    [[-0.447204, 1.341611, 0.0], [0.447204, -1.341611, 0.0], [-0.764735, 1.189588, 0.0], [0.764735, -1.189588, 0.0]]
+)
 SPEC_GRPO_S = torch.tensor([0.872069, 0.859957, -0.864182, -0.867844])
 
 
 def algo_config(estimator="gtpo", **workbench_kwargs):
-    cfg = {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, "use_kl_in_reward": False,
-           "norm_adv_by_std_in_grpo": True, "rollout_correction": None}
+    cfg = {
+        "adv_estimator": estimator,
+        "gamma": 1.0,
+        "lam": 1.0,
+        "use_kl_in_reward": False,
+        "norm_adv_by_std_in_grpo": True,
+        "rollout_correction": None,
+    }
     if workbench_kwargs:
         cfg["workbench"] = workbench_kwargs
     return OmegaConf.create(cfg)
@@ -147,8 +165,7 @@ def test_config_overrides_reach_the_workbench_function():
     default, _ = fn(**batch, config=algo_config("gtpo"))
     assert (got - default).abs().max() > 0.1
     got_s, _ = core_algos.get_adv_estimator_fn("grpo_s")(**batch, config=algo_config("grpo_s", beta2=0.5))
-    torch.testing.assert_close(got_s, expected("grpo_s", rewards, entropies, mask, perm, beta2=0.5),
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(got_s, expected("grpo_s", rewards, entropies, mask, perm, beta2=0.5), atol=ATOL, rtol=0)
 
 
 def test_spec_worked_example_among_other_groups():
@@ -183,8 +200,12 @@ def test_padding_rows_and_unequal_groups(name):
     a = grouped_batch(G=2, n=4, T=6, seed=9)
     b = grouped_batch(G=1, n=3, T=6, seed=10)
     (batch_a, perm_a), (batch_b, perm_b) = to_verl(*a, seed=11), to_verl(*b, seed=12)
-    pad = dict(token_level_rewards=torch.zeros(1, 6), response_mask=torch.zeros(1, 6, dtype=torch.long),
-               entropies=torch.rand(1, 6), index=batch_a["index"][:1])
+    pad = dict(
+        token_level_rewards=torch.zeros(1, 6),
+        response_mask=torch.zeros(1, 6, dtype=torch.long),
+        entropies=torch.rand(1, 6),
+        index=batch_a["index"][:1],
+    )
     batch = concat(batch_a, batch_b, pad)
     advantages, _ = core_algos.get_adv_estimator_fn(name)(**batch)
     torch.testing.assert_close(advantages[:8], expected(name, *a, perm_a), atol=ATOL, rtol=0)
@@ -220,9 +241,13 @@ def test_errors_are_clear():
 def legacy_batch(rewards, entropies, mask, seed=0):
     batch, perm = to_verl(rewards, entropies, mask, seed=seed)
     data = DataProto.from_dict(
-        tensors={"token_level_rewards": batch["token_level_rewards"], "response_mask": batch["response_mask"],
-                 wv.ENTROPY_KEY: batch["entropies"]},
-        non_tensors={"uid": batch["index"]})
+        tensors={
+            "token_level_rewards": batch["token_level_rewards"],
+            "response_mask": batch["response_mask"],
+            wv.ENTROPY_KEY: batch["entropies"],
+        },
+        non_tensors={"uid": batch["index"]},
+    )
     return data, perm
 
 
@@ -231,8 +256,9 @@ def test_legacy_compute_advantage_uses_old_entropys(name):
     rewards, entropies, mask = grouped_batch(G=4, n=4, T=6, seed=14)
     data, perm = legacy_batch(rewards, entropies, mask, seed=15)
     out = ray_trainer.compute_advantage(data, adv_estimator=name, config=algo_config(name))
-    torch.testing.assert_close(out.batch["advantages"], expected(name, rewards, entropies, mask, perm),
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.batch["advantages"], expected(name, rewards, entropies, mask, perm), atol=ATOL, rtol=0
+    )
     assert torch.equal(out.batch["returns"], out.batch["advantages"])
     assert wv.ENTROPY_KEY not in out.batch.keys()  # popped again: the batch is verl's as before
     data, _ = legacy_batch(rewards, entropies, mask)
@@ -245,9 +271,11 @@ def test_other_estimators_run_through_verl_unchanged():
     rewards, entropies, mask = grouped_batch(G=3, n=4, T=5, seed=16)
     data, _ = legacy_batch(rewards, entropies, mask)
     ref, _ = core_algos.compute_grpo_outcome_advantage(
-        data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"])
+        data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"]
+    )
     rloo_ref, _ = core_algos.compute_rloo_outcome_advantage(
-        data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"])
+        data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"]
+    )
     out = ray_trainer.compute_advantage(data, adv_estimator="grpo", config=algo_config("grpo"))
     torch.testing.assert_close(out.batch["advantages"], ref)
     out = ray_trainer.compute_advantage(data, adv_estimator="rloo", config=algo_config("rloo"))
@@ -286,10 +314,16 @@ def rollout_batch(G=3, n=4, P=4, R=6, seed=17):
     rng.shuffle(order)
     uid = np.array([f"prompt-{i // n}" for i in order], dtype=object)
     data = DataProto.from_dict(
-        tensors={"prompts": prompts, "responses": responses, "input_ids": torch.cat([prompts, responses], 1),
-                 "attention_mask": attention_mask, "position_ids": (attention_mask.cumsum(1) - 1).clamp(min=0),
-                 "response_mask": response_mask},
-        non_tensors={"uid": uid})
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], 1),
+            "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(1) - 1).clamp(min=0),
+            "response_mask": response_mask,
+        },
+        non_tensors={"uid": uid},
+    )
     # what the stub's entropies are at response token t: position prompt_len - 1 + t of the row
     want_entropy = (0.1 * (prompt_len[:, None] + torch.arange(R)) + torch.arange(bs)[:, None]) * response_mask
     return data, rewards, want_entropy
@@ -308,19 +342,22 @@ def test_legacy_fit_loop_routes_entropies(name):
     batch = batch.union(old_log_prob)
     batch.batch["token_level_rewards"] = rewards
     batch = ray_trainer.compute_advantage(batch, adv_estimator=name, num_repeat=4, config=cfg.algorithm)
-    direct, _ = wv.estimator(name)(rewards, batch.batch["response_mask"], batch.non_tensor_batch["uid"],
-                                   entropies=want_entropy)
+    direct, _ = wv.estimator(name)(
+        rewards, batch.batch["response_mask"], batch.non_tensor_batch["uid"], entropies=want_entropy
+    )
     torch.testing.assert_close(batch.batch["advantages"], direct, atol=ATOL, rtol=0)
     # and the direct call is the workbench function on the groups
     uid = batch.non_tensor_batch["uid"]
     for u in set(uid):
         rows = torch.tensor(np.flatnonzero(uid == u))
-        want = FUNCS[name](rewards[rows].sum(-1)[None], want_entropy[rows][None],
-                           batch.batch["response_mask"][rows][None].bool())[0]
+        want = FUNCS[name](
+            rewards[rows].sum(-1)[None], want_entropy[rows][None], batch.batch["response_mask"][rows][None].bool()
+        )[0]
         torch.testing.assert_close(direct[rows], want, atol=ATOL, rtol=0)
     plain = OmegaConf.create({"algorithm": algo_config("grpo"), "actor_rollout_ref": {"actor": {}}})
     other, _ = ray_trainer.RayPPOTrainer._compute_old_log_prob(
-        types.SimpleNamespace(config=plain, actor_rollout_wg=StubActorWorkers()), rollout_batch()[0])
+        types.SimpleNamespace(config=plain, actor_rollout_wg=StubActorWorkers()), rollout_batch()[0]
+    )
     assert wv.ENTROPY_KEY not in other.batch.keys()
 
 
@@ -350,8 +387,11 @@ class FakeTransferQueue:
         for name in select_fields:
             if all(name in r for r in rows):
                 vals = [r[name] for r in rows]
-                out[name] = (torch.nested.as_nested_tensor(vals, layout=torch.jagged)
-                             if isinstance(vals[0], torch.Tensor) else vals)
+                out[name] = (
+                    torch.nested.as_nested_tensor(vals, layout=torch.jagged)
+                    if isinstance(vals[0], torch.Tensor)
+                    else vals
+                )
         return TensorDict(out, batch_size=[len(keys)])
 
 
@@ -375,19 +415,32 @@ def test_v1_compute_advantage_reads_entropies_from_transfer_queue(fake_tq, name)
     """verl's own v1 ``PPOTrainer._compute_advantage`` on a TransferQueue holding what the
     old-log-prob pass wrote ("entropy", per sample): the advantages are the workbench's."""
     from transfer_queue import KVBatchMeta
-    from verl.trainer.ppo.v1 import trainer_base, utils as v1_utils
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1 import utils as v1_utils
 
     assert hasattr(v1_utils.compute_advantage, "__workbench_wrapped__")
     rewards, entropies, mask = grouped_batch(G=3, n=4, T=6, seed=18)
     batch, perm = to_verl(rewards, entropies, mask, seed=19)
     lengths = batch["response_mask"].sum(-1)
     keys = [f"{u}_0_{i}" for i, u in enumerate(batch["index"])]  # verl's {uid}_{session}_{index}
-    per_sample = lambda x: torch.nested.as_nested_tensor(  # noqa: E731
-        [row[:length] for row, length in zip(x, lengths)], layout=torch.jagged)
-    fake_tq.put(keys, "train", TensorDict({
-        "uid": list(batch["index"]), "response_mask": per_sample(batch["response_mask"]),
-        "rm_scores": per_sample(batch["token_level_rewards"]), "old_log_probs": per_sample(-batch["entropies"]),
-        "entropy": per_sample(batch["entropies"])}, batch_size=[len(keys)]))
+
+    def per_sample(x):
+        return torch.nested.as_nested_tensor([row[:length] for row, length in zip(x, lengths)], layout=torch.jagged)
+
+    fake_tq.put(
+        keys,
+        "train",
+        TensorDict(
+            {
+                "uid": list(batch["index"]),
+                "response_mask": per_sample(batch["response_mask"]),
+                "rm_scores": per_sample(batch["token_level_rewards"]),
+                "old_log_probs": per_sample(-batch["entropies"]),
+                "entropy": per_sample(batch["entropies"]),
+            },
+            batch_size=[len(keys)],
+        ),
+    )
     meta = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
     trainer_base.PPOTrainer._compute_advantage(v1_trainer(name), meta, metrics={})
     got = fake_tq.get(keys, "train", ["advantages", "returns"]).to_padded_tensor()
@@ -397,7 +450,8 @@ def test_v1_compute_advantage_reads_entropies_from_transfer_queue(fake_tq, name)
     assert wv._V1_ENTROPIES.get() is None  # nothing left behind for the next batch
     with pytest.raises(ValueError, match="bypass_mode=True skips the old-log-prob pass"):
         trainer_base.PPOTrainer._compute_advantage(
-            v1_trainer(name, rollout_correction={"bypass_mode": True}), meta, metrics={})
+            v1_trainer(name, rollout_correction={"bypass_mode": True}), meta, metrics={}
+        )
 
 
 # ---------------------------------------------------------------- the example config and Ray
@@ -451,7 +505,7 @@ def test_plugin_reaches_verls_ray_task_runner(tmp_path):
     script.write_text(f"""
 import json, os, ray
 from hydra import compose, initialize_config_dir
-with initialize_config_dir(config_dir={str(ROOT / 'data' / 'verl')!r}, version_base=None):
+with initialize_config_dir(config_dir={str(ROOT / "data" / "verl")!r}, version_base=None):
     cfg = compose("gtpo", overrides=["actor_rollout_ref.rollout.name=vllm", "ray_kwargs.ray_init.num_cpus=1",
                                      "+ray_kwargs.ray_init.include_dashboard=false"])
 from verl.trainer.ppo import core_algos
@@ -466,10 +520,10 @@ class Probe:
         report = dict(pid=os.getpid(), algorithm=getattr(fn, "workbench_algorithm", None),
                       legacy=hasattr(ray_trainer.RayPPOTrainer._compute_old_log_prob, "__workbench_wrapped__"),
                       v1=hasattr(trainer_base.PPOTrainer._compute_advantage, "__workbench_wrapped__"))
-        open({str(tmp_path / 'report.json')!r}, "w").write(json.dumps(report))
+        open({str(tmp_path / "report.json")!r}, "w").write(json.dumps(report))
 
 from verl.trainer.main_ppo import run_ppo
-open({str(tmp_path / 'driver.json')!r}, "w").write(json.dumps(os.getpid()))
+open({str(tmp_path / "driver.json")!r}, "w").write(json.dumps(os.getpid()))
 try:
     run_ppo(cfg, task_runner_class=Probe)
 finally:
@@ -477,8 +531,9 @@ finally:
 """)
     env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
     env["RAY_AUTH_MODE"] = "disabled"
-    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     wait_for_exit(report["pid"])  # Ray stops its workers asynchronously: leave none behind

@@ -33,8 +33,9 @@ import torch
 try:
     from trl import GRPOTrainer
 except ImportError as e:  # pragma: no cover - the extra is missing
-    raise ImportError("workbench.integrations.trl needs TRL: pip install 'gtpo-workbench[bench]' "
-                      "(or pip install 'trl>=1.0,<2')") from e
+    raise ImportError(
+        "workbench.integrations.trl needs TRL: pip install 'gtpo-workbench[bench]' (or pip install 'trl>=1.0,<2')"
+    ) from e
 
 from ..algorithms import get_algorithm
 
@@ -58,8 +59,10 @@ class EntropyShapedGRPOTrainer(GRPOTrainer):
         self.last_entropies = self.last_advantages = None
         super().__init__(*args, **kwargs)
         if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
-            raise ValueError("EntropyShapedGRPOTrainer needs multi_objective_aggregation='sum_then_normalize' "
-                             "(the workbench shapes one summed reward per completion)")
+            raise ValueError(
+                "EntropyShapedGRPOTrainer needs multi_objective_aggregation='sum_then_normalize' "
+                "(the workbench shapes one summed reward per completion)"
+            )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -78,8 +81,13 @@ class EntropyShapedGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([output["prompt_mask"], completion_mask], dim=1)
         with torch.no_grad():
             stats = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, T, batch_size=self.args.per_device_train_batch_size,
-                compute_entropy=True)
+                self.model,
+                input_ids,
+                attention_mask,
+                T,
+                batch_size=self.args.per_device_train_batch_size,
+                compute_entropy=True,
+            )
         entropies = stats[1]  # (logps, entropies) or, in newer TRL, (logps, entropies, aux_loss)
         entropies = entropies.float() * completion_mask
         all_entropies = acc.gather(acc.pad_across_processes(entropies, dim=1, pad_index=0))
@@ -90,8 +98,11 @@ class EntropyShapedGRPOTrainer(GRPOTrainer):
             raise ValueError(f"{rewards.numel()} completions do not form whole groups of num_generations={n}")
         Tg = all_mask.shape[1]
         advantages = self.workbench_algorithm.advantages(
-            rewards.view(-1, n).float().cpu(), all_entropies.view(-1, n, Tg).cpu(), all_mask.view(-1, n, Tg).cpu(),
-            **self.advantage_kwargs).view(-1, Tg)
+            rewards.view(-1, n).float().cpu(),
+            all_entropies.view(-1, n, Tg).cpu(),
+            all_mask.view(-1, n, Tg).cpu(),
+            **self.advantage_kwargs,
+        ).view(-1, Tg)
         rows = slice(acc.process_index * len(completion_ids), (acc.process_index + 1) * len(completion_ids))
         local = advantages[rows, :T].to(completion_ids.device) * completion_mask
         output["advantages"] = local
@@ -99,5 +110,6 @@ class EntropyShapedGRPOTrainer(GRPOTrainer):
         valid = completion_mask.bool()
         self._metrics["train"]["workbench/entropy"].append(acc.gather(entropies[valid].mean()).nanmean().item())
         self._metrics["train"]["workbench/advantage_abs_mean"].append(
-            acc.gather(local[valid].abs().mean()).nanmean().item())
+            acc.gather(local[valid].abs().mean()).nanmean().item()
+        )
         return output

@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -71,11 +71,15 @@ def compute_advantages(algorithm: str, token_level_rewards, response_mask, index
     algo = get_algorithm(algorithm)
     rewards, mask = token_level_rewards, response_mask
     if rewards.dim() != 2 or tuple(mask.shape) != tuple(rewards.shape):
-        raise ValueError(f"token_level_rewards {tuple(rewards.shape)} and response_mask {tuple(mask.shape)} "
-                         "must both be [batch, response_length]")
+        raise ValueError(
+            f"token_level_rewards {tuple(rewards.shape)} and response_mask {tuple(mask.shape)} "
+            "must both be [batch, response_length]"
+        )
     if index is None:
-        raise ValueError(f"{algorithm}: verl passed no index; the group of each response (the batch's "
-                         "non_tensor_batch['uid']) is needed")
+        raise ValueError(
+            f"{algorithm}: verl passed no index; the group of each response (the batch's "
+            "non_tensor_batch['uid']) is needed"
+        )
     index = np.asarray(index)
     if index.shape != (rewards.shape[0],):
         raise ValueError(f"index has shape {index.shape}, expected ({rewards.shape[0]},): one uid per response")
@@ -85,7 +89,8 @@ def compute_advantages(algorithm: str, token_level_rewards, response_mask, index
                 f"{algorithm} needs the old policy's per-token entropies, which verl's compute_advantage does not "
                 "pass: call workbench.integrations.verl.register() in the process that runs verl's trainer (set "
                 "VERL_USE_EXTERNAL_MODULES=workbench.integrations.verl_plugin for verl's Ray actors), and keep the "
-                "old-log-prob pass (no algorithm.rollout_correction.bypass_mode)")
+                "old-log-prob pass (no algorithm.rollout_correction.bypass_mode)"
+            )
         if tuple(entropies.shape) != tuple(mask.shape):
             raise ValueError(f"entropies has shape {tuple(entropies.shape)}, response_mask {tuple(mask.shape)}")
     mask = mask.bool()
@@ -97,8 +102,10 @@ def compute_advantages(algorithm: str, token_level_rewards, response_mask, index
     by_size = defaultdict(list)
     for uid, rows in groups.items():
         if len(rows) < 2:
-            raise ValueError(f"{algorithm}: uid {uid!r} has {len(rows)} response; group advantages need at least "
-                             "2 per prompt (actor_rollout_ref.rollout.n >= 2)")
+            raise ValueError(
+                f"{algorithm}: uid {uid!r} has {len(rows)} response; group advantages need at least "
+                "2 per prompt (actor_rollout_ref.rollout.n >= 2)"
+            )
         by_size[len(rows)].append(rows)
 
     advantages = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -135,9 +142,16 @@ def estimator(algorithm: str, **defaults) -> Callable:
     get_algorithm(algorithm)  # unknown names fail here, with the known ones listed
     key = algorithm + repr(sorted(defaults.items()))
     if key not in _ESTIMATORS:
+
         def fn(token_level_rewards, response_mask, index=None, config=None, entropies=None, **_verl_extras):
-            advantages = compute_advantages(algorithm, token_level_rewards, response_mask, index, entropies,
-                                            **{**defaults, **_config_kwargs(config)})
+            advantages = compute_advantages(
+                algorithm,
+                token_level_rewards,
+                response_mask,
+                index,
+                entropies,
+                **{**defaults, **_config_kwargs(config)},
+            )
             return advantages, advantages
 
         fn.__name__ = f"compute_{algorithm}_advantage"
@@ -166,27 +180,41 @@ def _needs_entropies(adv_estimator) -> bool:
 def _check_no_bypass(algorithm_config):
     rc = algorithm_config.get("rollout_correction", None)
     if rc and rc.get("bypass_mode", False):
-        raise ValueError(f"{algorithm_config.adv_estimator} needs the old policy's entropies, but "
-                         "algorithm.rollout_correction.bypass_mode=True skips the old-log-prob pass that computes them")
+        raise ValueError(
+            f"{algorithm_config.adv_estimator} needs the old policy's entropies, but "
+            "algorithm.rollout_correction.bypass_mode=True skips the old-log-prob pass that computes them"
+        )
 
 
 def _wrap_compute_advantage(original):
     @functools.wraps(original)
-    def compute_advantage(data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1, norm_adv_by_std_in_grpo=True,
-                          config=None):
+    def compute_advantage(
+        data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1, norm_adv_by_std_in_grpo=True, config=None
+    ):
         fn = _workbench_fn(adv_estimator)
         if fn is None:
-            return original(data, adv_estimator, gamma=gamma, lam=lam, num_repeat=num_repeat,
-                            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config)
+            return original(
+                data,
+                adv_estimator,
+                gamma=gamma,
+                lam=lam,
+                num_repeat=num_repeat,
+                norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+                config=config,
+            )
         from verl.trainer.ppo.ray_trainer import compute_response_mask
 
         if "response_mask" not in data.batch.keys():
             data.batch["response_mask"] = compute_response_mask(data)
         legacy = data.batch.pop(ENTROPY_KEY) if ENTROPY_KEY in data.batch.keys() else None
         entropies = legacy if legacy is not None else _V1_ENTROPIES.get()
-        advantages, returns = fn(token_level_rewards=data.batch["token_level_rewards"],
-                                 response_mask=data.batch["response_mask"],
-                                 index=data.non_tensor_batch.get("uid"), config=config, entropies=entropies)
+        advantages, returns = fn(
+            token_level_rewards=data.batch["token_level_rewards"],
+            response_mask=data.batch["response_mask"],
+            index=data.non_tensor_batch.get("uid"),
+            config=config,
+            entropies=entropies,
+        )
         data.batch["advantages"] = advantages
         data.batch["returns"] = returns
         return data
@@ -240,7 +268,8 @@ def patch_trainers():
     _patch(ray_trainer, "compute_advantage", _wrap_compute_advantage)
     _patch(ray_trainer.RayPPOTrainer, "_compute_old_log_prob", _wrap_legacy_old_log_prob)
     try:
-        from verl.trainer.ppo.v1 import trainer_base, utils as v1_utils
+        from verl.trainer.ppo.v1 import trainer_base
+        from verl.trainer.ppo.v1 import utils as v1_utils
     except ImportError:  # the v1 trainer needs TransferQueue (verl[verl-core])
         return
     _patch(v1_utils, "compute_advantage", _wrap_compute_advantage)
@@ -258,9 +287,11 @@ def register(names=DEFAULT_NAMES) -> dict[str, Callable]:
         fn = estimator(name)
         existing = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
         if existing is not None and existing is not fn:
-            raise ValueError(f"verl already has an advantage estimator named {name!r} ({existing.__module__}."
-                             f"{existing.__name__}); register the workbench's under another name with "
-                             f"verl.trainer.ppo.core_algos.register_adv_est('wb_{name}')(estimator({name!r}))")
+            raise ValueError(
+                f"verl already has an advantage estimator named {name!r} ({existing.__module__}."
+                f"{existing.__name__}); register the workbench's under another name with "
+                f"verl.trainer.ppo.core_algos.register_adv_est('wb_{name}')(estimator({name!r}))"
+            )
         core_algos.register_adv_est(name)(fn)
         registered[name] = fn
     patch_trainers()
