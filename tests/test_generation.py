@@ -59,6 +59,22 @@ def test_shared_prompt_runs_each_prompt_once(warm):
     assert tokens[True][1] == tokens[False][1] + 1  # one extra (prefill) call
 
 
+def test_shared_prefill_computes_no_prompt_logits(warm):
+    """The prefill fills the KV cache only: the LM head computes one position per prompt there (no
+    logits of every prompt position, which nothing reads), and the samples stay those of the
+    unshared path (test_shared_prompt_gives_the_same_samples)."""
+    model, tok = warm
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda mod, args, out: rows.append(tuple(out.shape[:2])))
+    try:
+        g = generate(model, tok, PROMPTS, n=4, max_new_tokens=6, do_sample=True)
+    finally:
+        hook.remove()
+    assert g.prompt_ids.shape[1] > 2
+    assert rows[0] == (3, 1)  # the prefill: 3 prompts, one position each (was P - 1 positions)
+    assert all(shape == (12, 1) for shape in rows[1:]) and len(rows) == g.response_ids.shape[1] + 1
+
+
 def test_greedy_with_several_samples_per_prompt(warm):
     """transformers refuses num_return_sequences > 1 without sampling; repeating the inputs works."""
     model, tok = warm

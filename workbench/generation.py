@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generated", "format_prompts", "generate", "accuracy", "end_token_ids"]
+__all__ = ["Generated", "format_prompts", "generate", "accuracy", "end_token_ids", "shared_prompt_cache"]
 
 
 @dataclass
@@ -131,26 +131,47 @@ def end_token_ids(model, tokenizer) -> list[int]:
     return ends
 
 
+def cache_argument(module) -> str:
+    """The name of ``module.forward``'s KV-cache argument: ``cache`` in transformers 5.x,
+    ``past_key_values`` in earlier releases."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def shared_prompt_cache(module, input_ids, attention_mask, n: int, **kwargs):
+    """Run each row of ``input_ids [G, P]`` (left-padded prompts) through ``module`` (a causal LM or
+    its decoder) once and repeat its KV cache ``n`` times, one copy per sample of the prompt.
+    Returns ``(output, cache)``; with gradients on, they flow from every copy back into the one
+    computation of the prompt. ``kwargs`` go to the forward (``logits_to_keep=1``: no logits but
+    the last position's)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=module.config)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding, as generate counts them
+    out = module(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{cache_argument(module): cache},
+        **kwargs,
+    )
+    cache.batch_repeat_interleave(n)
+    return out, cache
+
+
 def _shared_prompt_inputs(model, enc, n: int) -> dict:
     """``generate`` inputs for ``n`` samples per prompt whose KV cache holds every prompt but its
     last token, computed once per prompt and repeated ``n`` times (generation then runs the
-    last prompt token and samples on)."""
-    from transformers import DynamicCache
-
+    last prompt token and samples on). The prefill computes no logits (none is read) where the
+    model takes ``logits_to_keep``: one position's, instead of every prompt position's."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    cache = DynamicCache(config=model.config)
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding, as generate counts them
-    # transformers 5.x names the argument ``cache``; earlier releases ``past_key_values``
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    model(
-        input_ids=ids[:, :-1],
-        attention_mask=mask[:, :-1],
-        position_ids=position_ids[:, :-1],
-        use_cache=True,
-        **{name: cache},
-    )
-    cache.batch_repeat_interleave(n)
-    return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0), name: cache}
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    _, cache = shared_prompt_cache(model, ids[:, :-1], mask[:, :-1], n, **keep)
+    return {
+        "input_ids": ids.repeat_interleave(n, 0),
+        "attention_mask": mask.repeat_interleave(n, 0),
+        cache_argument(model): cache,
+    }
 
 
 def accuracy(
