@@ -230,3 +230,162 @@ def test_token_stats_from_a_ddp_wrapped_model(tmp_path):
     assert kept[0] == 1  # the wrapped forward computed one position's logits, not the response's
     for a, b in zip(got, want):
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)
+
+
+class VocabMatmulRows(torch.utils._python_dispatch.TorchDispatchMode):
+    """Rows of every matrix product with ``vocab`` output columns (the LM head, forward and backward)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.rows = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm) and out.shape[-1] == self.vocab:
+            self.rows += out.shape[0]
+        return out
+
+
+def test_from_hidden_runs_the_lm_head_on_valid_rows_only():
+    """Padding positions cost no LM-head work (forward, and the backward's recomputation), and
+    the statistics and gradients are those of the reference, 0 at the masked positions."""
+    from workbench.entropy import token_stats_from_hidden
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 6, 8, generator=g).requires_grad_()
+    W = torch.randn(30, 8, generator=g).requires_grad_()
+    tok = torch.randint(0, 30, (3, 6), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    tok[~mask] = -1  # padding ids never reach the head
+    counter = VocabMatmulRows(30)
+    with counter:
+        lp, en = token_stats_from_hidden(h, W, tok, mask, chunk_size=4, entropy_grad=True)
+        (lp.sum() + 0.5 * en.sum()).backward()
+    assert counter.rows == 2 * 12  # 12 valid rows of 18, once forward and once in the backward
+    h2, W2 = h.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    ref_lp, ref_en = reference(h2 @ W2.T, tok.clamp(min=0))
+    m = mask.double()
+    ((ref_lp + 0.5 * ref_en) * m).sum().backward()
+    torch.testing.assert_close(lp.double(), ref_lp * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(en.double(), ref_en * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.grad.double(), h2.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(W.grad.double(), W2.grad, atol=1e-5, rtol=0)
+    assert bool((lp[~mask] == 0).all()) and bool((en[~mask] == 0).all())
+    nothing = token_stats_from_hidden(h, W, tok, torch.zeros_like(mask))  # no valid row at all
+    assert all(bool((x == 0).all()) for x in nothing)
+
+
+# ---------------------------------------------------------------- each group's prompt computed once
+
+
+def _warm_groups(n=3, new=10):
+    """The shipped warm start (Qwen2) and a sampled batch: 3 left-padded prompts of different
+    lengths, ``n`` replies each (different lengths: right padding)."""
+    from workbench.config import DEFAULT_INIT
+    from workbench.generation import generate
+    from workbench.models import load_model
+
+    model, tok = load_model(DEFAULT_INIT)
+    torch.manual_seed(0)
+    gen = generate(model, tok, ["123+456=", "12+4=", "999+1="], n=n, max_new_tokens=new, temperature=1.5)
+    ids = torch.cat([gen.prompt_ids, gen.response_ids], 1)
+    attention = torch.cat([gen.prompt_mask, gen.response_mask.long()], 1)
+    return model, ids, attention, gen.response_mask
+
+
+def _stats_and_grads(model, ids, attention, mask, group_size):
+    model.zero_grad(set_to_none=True)
+    logp, ent = token_stats_from_model(
+        model,
+        ids,
+        attention,
+        response_len=mask.shape[1],
+        response_mask=mask,
+        temperature=0.8,
+        entropy_grad=True,
+        group_size=group_size,
+    )
+    (logp.sum() + 0.3 * ent.sum()).backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return logp.detach(), ent.detach(), grads
+
+
+def _decoder_positions(model):
+    counted = []
+    hook = model.model.register_forward_hook(
+        lambda mod, args, kwargs, out: counted.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    return counted, hook
+
+
+def test_shared_prompt_gives_the_same_statistics_and_gradients():
+    """Each group's prompt runs once (with gradients) and its KV cache serves the group's replies:
+    the decoder computes ``G * P + B * (T - 1)`` positions instead of ``B * (P + T)``, with the
+    same log-probs, entropies and gradients as the whole rows (to float rounding)."""
+    n = 3
+    model, ids, attention, mask = _warm_groups(n)
+    B, T = mask.shape
+    P = ids.shape[1] - T
+    assert len(set(attention[:, :P].sum(-1).tolist())) == 3 and len(set(mask.sum(-1).tolist())) > 1
+    model.train()
+    out, positions = {}, {}
+    for group_size in (1, n):
+        counted, hook = _decoder_positions(model)
+        out[group_size] = _stats_and_grads(model, ids, attention, mask, group_size)
+        hook.remove()
+        positions[group_size] = sum(counted)
+    assert positions == {1: B * (P + T), n: B // n * P + B * (T - 1)}
+    (lp1, en1, g1), (lp, en, g) = out[1], out[n]
+    torch.testing.assert_close(lp, lp1, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(en, en1, atol=1e-4, rtol=1e-5)
+    assert float((g - g1).norm() / g1.norm()) < 3e-5  # 1.2e-5 seen: float32 rounding over the summed rows
+    assert bool((lp[~mask] == 0).all()) and g1.norm() > 0
+
+
+def test_shared_prompt_is_exact_in_float64():
+    """In float64 the decoder's hidden states of the two paths are the same numbers, and the
+    gradients differ only by the float32 rounding of the statistics' own backward: sharing the
+    prompt changes the order of the work, not the computation."""
+    from workbench.entropy import _response_hidden
+
+    model, ids, attention, mask = _warm_groups()
+    model = model.double().train()
+    T = mask.shape[1]
+    kwargs = {"attention_mask": attention, "position_ids": (attention.cumsum(-1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        whole = _response_hidden(model, model.model, ids, kwargs, T, 1)
+        shared = _response_hidden(model, model.model, ids, kwargs, T, 3)
+    torch.testing.assert_close(shared[mask], whole[mask], atol=1e-12, rtol=1e-12)
+    g1, g3 = (_stats_and_grads(model, ids, attention, mask, n)[2] for n in (1, 3))
+    assert float((g3 - g1).norm() / g1.norm()) < 1e-6
+
+
+def test_shared_prompt_falls_back_under_gradient_checkpointing():
+    """Checkpointed layers drop a KV cache under gradients: the whole rows are computed then (the
+    same numbers; a reply that lost its prompt would score very differently)."""
+    model, ids, attention, mask = _warm_groups()
+    model.train()
+    want = _stats_and_grads(model, ids, attention, mask, 1)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    counted, hook = _decoder_positions(model)
+    got = _stats_and_grads(model, ids, attention, mask, 3)
+    hook.remove()
+    assert counted == [ids.numel()]  # one forward of the whole rows
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # without gradients the layers keep the cache: shared again
+        counted, hook = _decoder_positions(model)
+        got = token_stats_from_model(model, ids, attention, response_len=mask.shape[1], group_size=3)
+        hook.remove()
+    assert len(counted) == 2
+
+
+def test_shared_prompt_errors():
+    model, ids, attention, mask = _warm_groups()
+    T = mask.shape[1]
+    with pytest.raises(ValueError, match="group_size=2 does not divide the 9 rows"):
+        token_stats_from_model(model, ids, attention, response_len=T, group_size=2)
+    with pytest.raises(ValueError, match="must share their prompt"):
+        token_stats_from_model(model, ids.roll(1, 0), attention.roll(1, 0), response_len=T, group_size=3)
+    with pytest.raises(ValueError, match="group_size must be a positive int"):
+        token_stats_from_model(model, ids, attention, response_len=T, group_size=0)

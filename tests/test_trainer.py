@@ -229,6 +229,42 @@ def test_fused_on_policy_update_equals_the_two_pass_update(tmp_path, algorithm):
         torch.testing.assert_close(g, h, atol=1e-6, rtol=1e-4)
 
 
+def test_the_update_computes_each_groups_prompt_once(tmp_path, monkeypatch):
+    """The fused update runs each group's prompt once (with gradients, its KV cache repeated to
+    the group's replies): the same step as the whole rows, prompt repeated for each reply."""
+    import workbench.entropy
+    from workbench.policy import ModelRunner
+
+    shared_calls = []
+    shared = workbench.entropy._shared_prompt_hidden
+
+    def spy(decoder, input_ids, *args):
+        shared_calls.append((input_ids.shape[0], args[-1], torch.is_grad_enabled()))
+        return shared(decoder, input_ids, *args)
+
+    monkeypatch.setattr(workbench.entropy, "_shared_prompt_hidden", spy)
+    whole = ModelRunner.token_stats
+    rows, grads = {}, {}
+    for share in (True, False):
+        if not share:  # the repeated-prompt path: every row's prompt computed
+            monkeypatch.setattr(ModelRunner, "token_stats", lambda *a, **k: whole(*a, **{**k, "group_size": 1}))
+        trainer = Trainer(warm(tmp_path / str(share), algorithm="gtpo", dynamic_sampling=False), progress=False)
+        assert trainer.fused_update
+        step = trainer.optimizer.step
+
+        def grads_then_step(*a, _share=share, _trainer=trainer, _step=step, **k):
+            grads[_share] = torch.cat([p.grad.flatten() for p in _trainer.unwrapped.parameters()])
+            return _step(*a, **k)
+
+        trainer.optimizer.step = grads_then_step
+        rows[share] = trainer.train_step(1)
+    assert shared_calls == [(12, 4, True)]  # the update's forward: 3 groups of 4, with gradients
+    assert rows[True]["grad_norm"] > 0
+    for key in ("reward", "entropy", "advantage_abs_mean", "policy_loss", "grad_norm", "clip_frac"):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-5, abs=1e-7), key
+    assert float((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-5
+
+
 def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     """Recomputing activations in the backward changes memory, not the numbers."""
     rows = {}

@@ -281,7 +281,8 @@ def token_stats_from_hidden(
 
     ``hidden [B, T, H]`` are the final hidden states that produced ``tokens [B, T]``,
     ``weight [V, H]`` the LM head (no bias). Only ``chunk_size x V`` logits exist at a time,
-    in the forward and the backward pass; gradients reach ``hidden`` and ``weight``.
+    in the forward and the backward pass; gradients reach ``hidden`` and ``weight``. The LM head
+    runs on the rows where ``mask`` is true only (log-prob and entropy 0 elsewhere).
 
     ``impl``: ``"torch"`` (float32 PyTorch ops per chunk, the reference), ``"triton"`` (the fused
     kernels of :mod:`workbench.triton_stats`: one read of each chunk's logits per direction, the
@@ -312,16 +313,13 @@ def token_stats_from_hidden(
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"tokens has an id outside [0, {V}) at valid position {idx}")
-    flat_tok = torch.where(m, tokens, torch.zeros_like(tokens)).reshape(-1).long()
     impl = _resolve_impl(impl, hidden.device)
-    logp, ent = _LinearTokenStats.apply(
-        hidden.reshape(B * T, -1), weight, flat_tok, float(temperature), chunk_size, impl
-    )
+    # only the valid rows reach the LM head (padding positions cost nothing), scattered back after
+    logp, ent = _LinearTokenStats.apply(hidden[m], weight, tokens[m].long(), float(temperature), chunk_size, impl)
     if not entropy_grad:
         ent = ent.detach()
-    zero = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    logprobs = torch.where(m, logp.reshape(B, T), zero)
-    entropies = torch.where(m, ent.reshape(B, T), zero)
+    zeros = torch.zeros(B, T, dtype=torch.float32, device=hidden.device)
+    logprobs, entropies = zeros.masked_scatter(m, logp), zeros.masked_scatter(m, ent)
     _checks.finite("logprobs (non-finite hidden states or weight)", logprobs.detach(), where=m)
     _checks.finite("entropies (non-finite hidden states or weight)", entropies.detach(), where=m)
     return logprobs, entropies
@@ -351,6 +349,58 @@ def _decoder_output(model, decoder, input_ids, kwargs) -> torch.Tensor:
     return captured[0]
 
 
+def _shared_prompt_hidden(decoder, input_ids, attention_mask, response_len: int, group_size: int) -> torch.Tensor:
+    """The decoder's final hidden states at the positions that score the last ``response_len``
+    tokens, with each group's prompt (its first ``L - response_len`` tokens, the same in the
+    group's ``group_size`` consecutive rows) computed once and its KV cache repeated to the rows."""
+    from .generation import cache_argument, shared_prompt_cache
+
+    B, L = input_ids.shape
+    P, n = L - response_len, group_size
+    if B % n:
+        raise ValueError(f"group_size={n} does not divide the {B} rows")
+    prompts, prompt_mask = input_ids[::n, :P], attention_mask[::n, :P]
+    if not (torch.equal(input_ids[:, :P], prompts.repeat_interleave(n, 0))) or not torch.equal(
+        attention_mask[:, :P], prompt_mask.repeat_interleave(n, 0)
+    ):
+        raise ValueError(f"group_size={n}: the rows of a group must share their prompt (the first {P} tokens)")
+    out, cache = shared_prompt_cache(decoder, prompts, prompt_mask, n)
+    first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)  # scores each reply's first token
+    if response_len == 1:
+        return first
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # as the unshared forward counts them
+    rest = decoder(
+        input_ids=input_ids[:, P:-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, P:-1],
+        use_cache=True,
+        **{cache_argument(decoder): cache},
+    ).last_hidden_state
+    return torch.cat([first, rest], 1)
+
+
+def _response_hidden(model, decoder, input_ids, kwargs: dict, response_len: int, group_size: int) -> torch.Tensor:
+    """The decoder's final hidden states at the positions that score the last ``response_len``
+    tokens: each group's prompt computed once where it can be (see :func:`token_stats_from_model`)."""
+    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    if group_size > 1 and not wrapped and not _checkpointing(decoder):
+        mask = kwargs["attention_mask"]
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        return _shared_prompt_hidden(decoder, input_ids, mask, response_len, group_size)
+    if wrapped:  # DDP: forward through the wrapper (it syncs the gradients), one position's logits
+        hidden = _decoder_output(model, decoder, input_ids, kwargs)
+    else:
+        hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state
+    return hidden[:, -(response_len + 1) : -1, :]
+
+
+def _checkpointing(module: torch.nn.Module) -> bool:
+    """Whether a forward of ``module`` now would run checkpointed layers (which drop a KV cache)."""
+    if not (module.training and torch.is_grad_enabled()):
+        return False
+    return any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+
+
 def token_stats_from_model(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -363,6 +413,7 @@ def token_stats_from_model(
     entropy_grad: bool = False,
     method: str = "auto",
     impl: str = "auto",
+    group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a causal LM on ``input_ids [B, L]`` and return stats of its last ``response_len`` tokens.
 
@@ -378,6 +429,15 @@ def token_stats_from_model(
     ``"auto"`` (default) uses ``"hidden"`` whenever the logits are a plain linear map of the
     hidden states (no bias, no soft-capping), else ``"logits"``. ``impl`` picks the kernels of
     the ``"hidden"`` method (see :func:`token_stats_from_hidden`).
+
+    ``group_size > 1``: the rows come in groups of ``group_size`` consecutive rows that share
+    their prompt (the first ``L - response_len`` tokens; checked). The ``"hidden"`` method then
+    runs each group's prompt once and repeats its KV cache to the group's rows (with gradients:
+    they reach the prompt's one computation from every row), then runs the responses: the same
+    numbers to float rounding, with ``n`` times less prompt work. Three cases keep the whole
+    rows instead: the ``"logits"`` method; a ``DistributedDataParallel`` model (its wrapper
+    must see one forward per backward); and checkpointed layers under gradients (transformers'
+    checkpointed layers drop the KV cache, which the backward's replay would write twice).
     """
     _checks.choice("method", method, ("auto", "hidden", "logits"))
     input_ids = _checks.tensor("input_ids", input_ids)
@@ -388,6 +448,8 @@ def token_stats_from_model(
         response_len = L - 1
     if not isinstance(response_len, int) or not 1 <= response_len <= L - 1:
         raise ValueError(f"response_len must be an int in [1, {L - 1}] for input length {L}, got {response_len!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     kwargs = {"attention_mask": attention_mask}
     if attention_mask is not None:
         _checks.mask("attention_mask", attention_mask, input_ids.shape)
@@ -401,13 +463,8 @@ def token_stats_from_model(
         raise ValueError("method='hidden' needs a model whose logits are decoder(...) @ lm_head.weight.T")
     if linear is not None:
         decoder, weight = linear
-        if wrapped:  # DDP: forward through the wrapper (it syncs the gradients), one position's logits
-            hidden = _decoder_output(model, decoder, input_ids, kwargs)
-        else:
-            hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state
-        hidden = hidden[:, -(response_len + 1) : -1, :]
         return token_stats_from_hidden(
-            hidden,
+            _response_hidden(model, decoder, input_ids, kwargs, response_len, group_size),
             weight,
             tokens,
             response_mask,

@@ -11,7 +11,7 @@ import torch
 
 from .entropy import token_stats_from_model
 from .generation import Generated, format_prompts, generate
-from .rollout import Group, collate
+from .rollout import Batch, Group, collate
 
 __all__ = ["ModelRunner"]
 
@@ -39,11 +39,14 @@ class ModelRunner:
             **kwargs,
         )
 
-    def token_stats(self, model, input_ids, attention_mask, response_mask, *, grad: bool):
+    def token_stats(self, model, input_ids, attention_mask, response_mask, *, grad: bool, group_size: int = 1):
         """``(log-probs, entropies)`` ``[B, T]`` of the response tokens at the sampling temperature.
-        Under FSDP the LM-head weight is sharded outside the model's forward, so the statistics
-        come from the model's own logits (only the response positions' are computed)."""
+        ``group_size``: rows in consecutive groups sharing a prompt, computed once per group where
+        :func:`~workbench.entropy.token_stats_from_model` can. Under FSDP the LM-head weight is
+        sharded outside the model's forward, so the statistics come from the model's own logits
+        (only the response positions' are computed; every row's prompt is computed)."""
         kwargs = {"temperature": self.config.temperature, "method": "logits" if self.fsdp else "auto"}
+        kwargs["group_size"] = group_size
         entropy_grad = grad and self.config.entropy_coef > 0
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return token_stats_from_model(
@@ -55,6 +58,11 @@ class ModelRunner:
                 entropy_grad=entropy_grad,
                 **kwargs,
             )
+
+    def batch_stats(self, model, batch: Batch, *, grad: bool):
+        """:meth:`token_stats` of a batch of whole groups: each group's prompt computed once."""
+        args = (batch.input_ids, batch.attention_mask, batch.response_mask)
+        return self.token_stats(model, *args, grad=grad, group_size=batch.group_size)
 
     def entropy_sums(self, model, groups: list[Group], stand_in: Group) -> tuple[float, float]:
         """``(entropy sum, token count)`` of ``groups``, from no-grad passes over at most
@@ -70,7 +78,7 @@ class ModelRunner:
             b = collate(
                 chunks[i] if i < len(chunks) else [stand_in], self.tokenizer.pad_token_id, self.accelerator.device
             )
-            _, ent = self.token_stats(model, b.input_ids, b.attention_mask, b.response_mask, grad=False)
+            _, ent = self.batch_stats(model, b, grad=False)
             if i < len(chunks):
                 total, tokens = total + float(ent[b.response_mask].sum()), tokens + float(b.response_mask.sum())
         return total, tokens

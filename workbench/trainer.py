@@ -215,15 +215,14 @@ class Trainer:
     def score(self, batch: Batch) -> Scored:
         """The behaviour policy's log-probs and entropies of ``batch`` (and the reference model's
         log-probs with a KL term): a no-grad pass, or the fused update's own forward."""
-        args = (batch.input_ids, batch.attention_mask, batch.response_mask)
-        if self.fused_update:
+        if self.fused_update:  # each group's prompt computed once (workbench.entropy.token_stats_from_model)
             self.model.train()
-            logp, ent = self.runner.token_stats(self.model, *args, grad=True)
+            logp, ent = self.runner.batch_stats(self.model, batch, grad=True)
             scored = Scored(logp.detach(), ent.detach(), logp=logp, entropies_grad=ent)
         else:
-            scored = Scored(*self.runner.token_stats(self.unwrapped, *args, grad=False))
+            scored = Scored(*self.runner.batch_stats(self.unwrapped, batch, grad=False))
         if self.ref_model is not None:
-            scored.ref_logp = self.runner.token_stats(self.ref_model, *args, grad=False)[0]
+            scored.ref_logp = self.runner.batch_stats(self.ref_model, batch, grad=False)[0]
         return scored
 
     def advantages(self, batch: Batch) -> torch.Tensor:
