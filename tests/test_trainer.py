@@ -265,6 +265,20 @@ def test_the_update_computes_each_groups_prompt_once(tmp_path, monkeypatch):
     assert float((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-5
 
 
+def test_save_every_zero_writes_no_checkpoint(tmp_path):
+    """``save_every=0``: never a checkpoint (a real model's is 1.6 GB); the run is complete
+    otherwise, and resuming it says why it cannot be."""
+    run = train(cfg(tmp_path, steps=2, save_every=0, eval_every=1), progress=False)
+    assert list(run.metrics["step"]) == [1, 2] and list(run.evals["step"]) == [0, 1, 2]
+    assert run.checkpoints() == [] and not any((run.path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="save_every=0 .*cannot be resumed"):
+        resume(run.path, steps=3)
+    assert list(load_run(run.path).metrics["step"]) == [1, 2]  # nothing touched
+    with pytest.raises(ValueError, match="save_every must be >= 0"):
+        TrainConfig(save_every=-1)
+    assert "0: never" in TrainConfig.describe("save_every")  # train --help shows it (the test of the help below)
+
+
 def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     """Recomputing activations in the backward changes memory, not the numbers."""
     rows = {}

@@ -27,7 +27,6 @@ _AT_LEAST_ONE = (
     "eval_every",
     "eval_size",
     "log_samples_every",
-    "save_every",
     "keep_checkpoints",
     "max_bad_steps",
     "overlong_cache",
@@ -139,7 +138,10 @@ class TrainConfig:
     eval_size: int = _field(128, "held-out problems per evaluation (at most the task's held-out split)")
     log_groups: int = _field(2, "rollout groups written to samples.jsonl when samples are logged")
     log_samples_every: int = _field(10, "steps between logged samples (and step 1)")
-    save_every: int = _field(50, "steps between checkpoints (and at the last step)")
+    save_every: int = _field(
+        50,
+        "steps between checkpoints (and at the last step); 0: never (no checkpoint written: the run cannot be resumed)",
+    )
     keep_checkpoints: int = _field(2, "newest checkpoints kept")
     # system
     seed: int = _field(0, "random seed (sampling, prompts, mini-batch order)")
@@ -198,6 +200,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in (
+            "save_every",
             "warmup_steps",
             "micro_batch_size",
             "log_groups",

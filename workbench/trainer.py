@@ -396,7 +396,7 @@ class Trainer:
             _fault_point("metrics", step)
             if step % c.eval_every == 0 or step == c.steps:
                 row.update({f"eval_{k}": v for k, v in self._evaluate_and_log(step).items()})
-            if step % c.save_every == 0 or step == c.steps:
+            if c.save_every and (step % c.save_every == 0 or step == c.steps):
                 self.save_checkpoint()
                 self.accelerator.wait_for_everyone()
             bar.update(1)
@@ -441,5 +441,7 @@ def train(
 def resume(run_dir, *, callback=None, progress: bool = True, **overrides) -> runs.Run:
     """Continue a run from its last intact checkpoint (``overrides`` may raise ``steps``)."""
     run = runs.load_run(run_dir)
+    if run.config.get("save_every") == 0 and not run.checkpoints():
+        raise ValueError(f"run {str(run_dir)!r} was trained with save_every=0 (no checkpoint): it cannot be resumed")
     data = {**run.config, "output_dir": str(run_dir), **overrides}
     return Trainer(TrainConfig.from_dict(data), resume=True, callback=callback, progress=progress).train()
