@@ -169,3 +169,41 @@ def test_the_recorder_sees_whole_logits_when_they_exist(smollm2):
         logp.sum().backward()
     model.zero_grad(set_to_none=True)
     assert max(recorder.rows) >= 8
+
+
+def test_the_update_computes_each_groups_prompt_once_on_smollm2(smollm2):
+    """Chat-template prompts of different lengths (left-padded), 3 replies each (right-padded): the
+    statistics with each group's prompt computed once equal those of the whole rows, and so do
+    the gradients (to float rounding)."""
+    model, tokenizer = smollm2
+    prompts = format_prompts(tokenizer, ["What is seven plus five?", "Hi"])
+    torch.manual_seed(0)
+    gen = generate(model, tokenizer, prompts, n=3, max_new_tokens=8)
+    assert gen.prompt_mask.sum(-1).unique().numel() == 2
+    mask = torch.arange(8) < torch.tensor([8, 5, 8, 3, 8, 6])[:, None]  # replies of different lengths
+    response = torch.where(mask, gen.response_ids, tokenizer.pad_token_id)
+    ids = torch.cat([gen.prompt_ids, response], 1)
+    attention = torch.cat([gen.prompt_mask, mask.long()], 1)
+    out = {}
+    model.train()
+    try:
+        for group_size in (1, 3):
+            logp, ent = token_stats_from_model(
+                model,
+                ids,
+                attention,
+                response_len=8,
+                response_mask=mask,
+                entropy_grad=True,
+                group_size=group_size,
+            )
+            (logp.sum() + 0.3 * ent.sum()).backward()
+            grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+            out[group_size] = (logp.detach(), ent.detach(), torch.cat(grads))
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.eval()
+    (lp1, en1, g1), (lp3, en3, g3) = out[1], out[3]
+    torch.testing.assert_close(lp3, lp1, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(en3, en1, atol=1e-4, rtol=1e-5)
+    assert float((g3 - g1).norm() / g1.norm()) < 1e-5 and g1.norm() > 0
