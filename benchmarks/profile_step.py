@@ -6,22 +6,24 @@
 One step is reproduced with the library calls the trainer makes, each phase timed alone (median
 over ``--repeats`` after a warm-up; the weights do not change, AdamW runs with lr 0):
 
-  rollout.prefill    each prompt through the model once (workbench.generation's shared prefill)
+  rollout.prefill    each prompt through the model once (workbench.generation's shared prefill,
+                     which fills the KV cache and computes no prompt logits)
   rollout.decode     model.generate from that cache: ``n`` sampled replies per prompt
   rewards            task.reward of every reply
-  update.forward     token_stats_from_model with gradients (the hidden-state path)
+  update.forward     token_stats_from_model with gradients (the hidden-state path; each group's
+                     prompt computed once, its KV cache repeated to the group's replies)
   update.loss        advantages of the algorithm + policy_loss
   update.backward    loss.backward()
   update.optimizer   gradient clipping, AdamW step
 
 then the trainer's own whole step (``Trainer.train_step``, median) and one evaluation
 (``Trainer.evaluate``: greedy and sampled replies to ``--eval-size`` held-out problems, scored).
-Two levers are measured the same way, with their results checked against the current path:
+The update computes each group's prompt once (``token_stats_from_model(group_size=n)``, as the
+trainer does); for reference, the same forward and backward with every reply's prompt computed
+(``group_size=1``, the update before), and a check that both give the same log-probabilities:
 
-  prefill without logits   the shared prefill through the decoder only; today it also computes the
-                           [prompt tokens, vocab] logits of every prompt position and never reads them
-  update, shared prompts   each group's prompt computed once with gradients and its KV cache repeated
-                           to the group's replies (the update repeats the prompt for each of the n)
+  reference: update forward, every row's prompt     token_stats_from_model(group_size=1)
+  reference: update backward, every row's prompt    the same loss, backward
 
 Peak memory: CUDA ``max_memory_allocated``, else the process's peak resident set. The largest
 float32 tensor with vocabulary columns created in the update is reported in rows (the update
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import resource
 import statistics
@@ -61,66 +62,6 @@ def load(name: str, device: str):
 
     model, tokenizer = load_model(DEFAULT_INIT if name == "default" else name)
     return model.to(device), tokenizer
-
-
-def _cache_kw(module) -> str:
-    """transformers 5.x names the KV-cache argument ``cache``; earlier releases ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def decoder_only_prefill(model, enc, n: int) -> dict:
-    """The shared prefill of ``workbench.generation`` through the decoder alone (no logits)."""
-    from transformers import DynamicCache
-
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    cache = DynamicCache(config=model.config)
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    model.model(
-        input_ids=ids[:, :-1],
-        attention_mask=mask[:, :-1],
-        position_ids=position_ids[:, :-1],
-        use_cache=True,
-        **{_cache_kw(model.model): cache},
-    )
-    cache.batch_repeat_interleave(n)
-    return {
-        "input_ids": ids.repeat_interleave(n, 0),
-        "attention_mask": mask.repeat_interleave(n, 0),
-        _cache_kw(model): cache,
-    }
-
-
-def shared_prompt_stats(model, prompt_ids, prompt_mask, response_ids, response_mask, n: int, temperature: float):
-    """Log-probs and entropies of the replies with each group's prompt computed once (gradients
-    flow through the shared prompt's keys and values into every reply of its group)."""
-    from transformers import DynamicCache
-
-    from workbench.entropy import token_stats_from_hidden
-
-    decoder, weight = model.model, model.get_output_embeddings().weight
-    cache = DynamicCache(config=model.config)
-    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = decoder(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **{_cache_kw(decoder): cache},
-    )
-    cache.batch_repeat_interleave(n)
-    first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)  # predicts each reply's first token
-    T = response_ids.shape[1]
-    attention = torch.cat([prompt_mask.repeat_interleave(n, 0), response_mask.long()], 1)
-    start = prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
-    positions = start + torch.arange(T, device=start.device)
-    rest = decoder(
-        input_ids=response_ids[:, :-1],
-        attention_mask=attention[:, :-1],
-        position_ids=positions[:, :-1],
-        **{_cache_kw(decoder): cache},
-    ).last_hidden_state
-    hidden = torch.cat([first, rest], 1)
-    return token_stats_from_hidden(hidden, weight, response_ids, response_mask, temperature=temperature)
 
 
 class VocabRows(torch.utils._python_dispatch.TorchDispatchMode):
@@ -190,15 +131,12 @@ def profile(args) -> dict:
 def one_step(*, model, tokenizer, task, algo, examples, texts, n, T, device, optimizer, seed, record):
     """Time each phase of one step; ``record``: also find the largest vocab-wide tensor of the update."""
     from workbench import generation
-    from workbench.entropy import token_stats_from_model
-    from workbench.losses import policy_loss
 
     temp = 1.0
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     model.eval()
     with torch.no_grad():
         t_pre, _ = timed(lambda: generation._shared_prompt_inputs(model, enc, n), device)
-        t_pre_dec, _ = timed(lambda: decoder_only_prefill(model, enc, n), device)
         torch.manual_seed(seed)
         t_gen, gen = timed(
             lambda: generation.generate(model, tokenizer, texts, n=n, max_new_tokens=T, temperature=temp), device
@@ -208,34 +146,18 @@ def one_step(*, model, tokenizer, task, algo, examples, texts, n, T, device, opt
     )
     Tm = int(gen.response_mask.sum(-1).max())
     mask, response = gen.response_mask[:, :Tm], gen.response_ids[:, :Tm]
-    ids = torch.cat([gen.prompt_ids, response], 1)
-    attention = torch.cat([gen.prompt_mask, mask.long()], 1)
+    batch = dict(
+        ids=torch.cat([gen.prompt_ids, response], 1),
+        attention=torch.cat([gen.prompt_mask, mask.long()], 1),
+        mask=mask,
+        rewards=rewards,
+        n=n,
+        temp=temp,
+    )
     model.train()
     recorder = VocabRows(model.config.vocab_size)
     with recorder if record else contextlib.nullcontext():
-        t_fwd, (logp, ent) = timed(
-            lambda: token_stats_from_model(
-                model, ids, attention, response_len=Tm, response_mask=mask, temperature=temp
-            ),
-            device,
-        )
-
-        def loss_fn():
-            grouped = (rewards.view(-1, n), ent.detach().view(-1, n, Tm).cpu().float(), mask.view(-1, n, Tm).cpu())
-            adv = algo.advantages(*grouped).view(-1, Tm).to(device)
-            return policy_loss(
-                logp,
-                logp.detach(),
-                adv,
-                mask,
-                eps_low=algo.eps_low,
-                eps_high=algo.eps_high,
-                agg=algo.agg,
-                level=algo.level,
-            )[0]
-
-        t_loss, loss = timed(loss_fn, device)
-        t_bwd, _ = timed(loss.backward, device)
+        (t_fwd, t_loss, t_bwd), logp = update_phases(model, algo, batch, group_size=n)
 
     def optimizer_step():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -243,16 +165,11 @@ def one_step(*, model, tokenizer, task, algo, examples, texts, n, T, device, opt
         optimizer.zero_grad(set_to_none=True)
 
     t_opt, _ = timed(optimizer_step, device)
-    # lever: the update with each group's prompt computed once (same numbers, checked)
-    rows = torch.arange(0, ids.shape[0], n, device=device)
-    t_shared_fwd, (logp2, _) = timed(
-        lambda: shared_prompt_stats(model, gen.prompt_ids[rows], gen.prompt_mask[rows], response, mask, n, temp),
-        device,
-    )
-    t_shared_bwd, _ = timed(lambda: (logp2 * mask).sum().backward(), device)
+    # reference: the same update with every reply's prompt computed (the update before)
+    (t_ref_fwd, _, t_ref_bwd), ref_logp = update_phases(model, algo, batch, group_size=1)
     optimizer.zero_grad(set_to_none=True)
     checks = {
-        "shared_prompt_max_abs_diff_logp": float((logp2 - logp).detach()[mask].abs().max()),
+        "shared_prompt_max_abs_diff_logp": float((logp - ref_logp)[mask].abs().max()),
         "generated_tokens": int(gen.response_mask.sum()),
         "prompt_tokens": int(enc["attention_mask"].sum()),
         "prompt_width": int(enc["input_ids"].shape[1]),
@@ -274,11 +191,44 @@ def one_step(*, model, tokenizer, task, algo, examples, texts, n, T, device, opt
         "update.loss": t_loss,
         "update.backward": t_bwd,
         "update.optimizer": t_opt,
-        "lever: prefill without logits": t_pre_dec,
-        "lever: update forward, shared prompts": t_shared_fwd,
-        "lever: update backward (log-probs only), shared prompts": t_shared_bwd,
+        "reference: update forward, every row's prompt": t_ref_fwd,
+        "reference: update backward, every row's prompt": t_ref_bwd,
     }
     return phases, checks
+
+
+def update_phases(model, algo, batch: dict, *, group_size: int):
+    """Time the update's forward (token statistics with gradients, each group's prompt computed
+    once when ``group_size`` is the group size), its loss and its backward; return the times and
+    the log-probabilities (detached)."""
+    from workbench.entropy import token_stats_from_model
+    from workbench.losses import policy_loss
+
+    ids, mask, n, device = batch["ids"], batch["mask"], batch["n"], batch["ids"].device
+    Tm = mask.shape[1]
+    t_fwd, (logp, ent) = timed(
+        lambda: token_stats_from_model(
+            model,
+            ids,
+            batch["attention"],
+            response_len=Tm,
+            response_mask=mask,
+            temperature=batch["temp"],
+            group_size=group_size,
+        ),
+        device,
+    )
+
+    def loss_fn():
+        grouped = (batch["rewards"].view(-1, n), ent.detach().view(-1, n, Tm).cpu().float(), mask.view(-1, n, Tm).cpu())
+        adv = algo.advantages(*grouped).view(-1, Tm).to(device)
+        return policy_loss(
+            logp, logp.detach(), adv, mask, eps_low=algo.eps_low, eps_high=algo.eps_high, agg=algo.agg, level=algo.level
+        )[0]
+
+    t_loss, loss = timed(loss_fn, device)
+    t_bwd, _ = timed(loss.backward, device)
+    return (t_fwd, t_loss, t_bwd), logp.detach()
 
 
 def trainer_step_and_eval(args) -> dict:
@@ -298,7 +248,7 @@ def trainer_step_and_eval(args) -> dict:
             lr=1e-6,
             eval_size=args.eval_size,
             eval_every=10**6,
-            save_every=10**6,
+            save_every=0,
             log_samples_every=10**6,
             device=args.device,
             output_dir=out,
@@ -326,7 +276,7 @@ def trainer_step_and_eval(args) -> dict:
 
 def report(args, result: dict) -> None:
     phases = result["phases_s"]
-    core = {k: v for k, v in phases.items() if not k.startswith("lever")}
+    core = {k: v for k, v in phases.items() if not k.startswith("reference")}
     total = sum(core.values())
     print(
         f"model {args.model}, task {args.task}, {args.prompts} prompts x {args.n}, max_new_tokens "
@@ -342,13 +292,16 @@ def report(args, result: dict) -> None:
         print(f"{name:58} {value:9.3f} {value / total:7.1%}")
     print(f"{'sum of the phases':58} {total:9.3f}")
     for name, value in phases.items():
-        if name.startswith("lever"):
+        if name.startswith("reference"):
             print(f"{name:58} {value:9.3f}")
-    saved_prefill = phases["rollout.prefill"] - phases["lever: prefill without logits"]
-    print(f"prefill without logits saves {saved_prefill:.3f} s per step ({saved_prefill / total:.1%})")
+    shared = phases["update.forward"] + phases["update.backward"]
+    whole = (
+        phases["reference: update forward, every row's prompt"]
+        + phases["reference: update backward, every row's prompt"]
+    )
     print(
-        f"shared-prompt update: forward {phases['lever: update forward, shared prompts']:.3f} s against "
-        f"{phases['update.forward']:.3f} s; same log-probs to {c['shared_prompt_max_abs_diff_logp']:.1e}"
+        f"update forward + backward, each group's prompt once: {shared:.3f} s against {whole:.3f} s with every "
+        f"row's prompt ({whole / shared:.2f}x); same log-probs to {c['shared_prompt_max_abs_diff_logp']:.1e}"
     )
     t = result["trainer_step_s"]
     print(
