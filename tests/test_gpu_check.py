@@ -64,11 +64,11 @@ def test_profile_step_smoke():
         "update.forward",
         "update.backward",
         "update.optimizer",
-        "lever: prefill without logits",
+        "reference: update forward, every row's prompt",
         "trainer.train_step",
         "trainer.evaluate",
     ):
         assert phase in out.stdout, phase
     result = json.loads(out.stdout.split("json: ", 1)[1])
-    assert result["checks"]["shared_prompt_max_abs_diff_logp"] < 1e-4  # the lever gives the same log-probs
+    assert result["checks"]["shared_prompt_max_abs_diff_logp"] < 1e-4  # prompts computed once: the same log-probs
     assert 0 < result["checks"]["update_vocab_rows_max"] <= result["checks"]["rows_per_chunk"]
