@@ -20,10 +20,10 @@ from workbench import train
 def main(argv=None) -> pd.DataFrame:
     p = argparse.ArgumentParser()
     p.add_argument("--algorithms", default="grpo,dapo,gtpo,grpo_s")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--prompts-per-step", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--prompts-per-step", type=int, default=32)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--out", default="runs/benchmark-learning")
