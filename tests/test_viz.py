@@ -193,15 +193,10 @@ def test_redistribution_shows_entropies_advantages_and_differences():
         "advantage",
         "difference",
     ]
-    titles = [a.text for a in fig.layout.annotations]
-    assert titles == [
-        "token entropy",
-        "GRPO = DAPO advantage",
-        "GTPO advantage",
-        "GRPO-S advantage",
-        "GTPO − GRPO",
-        "GRPO-S − GRPO",
-    ]
+    titles = [a.text for a in fig.layout.annotations]  # short titles: the colour bars name the quantity
+    assert titles == ["token entropy", "GRPO = DAPO", "GTPO", "GRPO-S", "GTPO − GRPO", "GRPO-S − GRPO"]
+    assert fig.layout.coloraxis.colorbar.title.text == "token entropy (nats)"
+    assert fig.layout.coloraxis2.colorbar.title.text == "advantage"
     assert list(fig.data[0].y) == ["#0 ✓ r=1", "#1 ✓ r=1", "#2 ✗ r=0", "#3 ✗ r=0"]
     entropy = _panel(fig, "entropy")
     np.testing.assert_array_equal(np.asarray(entropy.z, dtype=float)[mask], ex["entropies"].numpy()[mask])
@@ -228,6 +223,36 @@ def test_redistribution_shows_entropies_advantages_and_differences():
     grpo_s = workbench.grpo_s(**ex).numpy()
     floor = np.abs(gtpo[mask]).max() / 20
     assert fig.layout.coloraxis4.cmax == pytest.approx(max(np.abs((grpo_s - grpo)[mask]).max(), floor))
+    # GRPO-S moves these cells by less than 0.005: printed as 0.00, never "-0.00" beside "+0.00"
+    printed = [c for row in _panel(fig, "difference", "grpo_s").text for c in row if c]
+    assert "0.00" in printed and "-0.00" not in printed and "+0.00" not in printed
+
+
+def test_redistribution_colour_bars_read_flat_under_their_panels():
+    ex = spec_example()
+    fig = viz.redistribution_figure(**ex)
+    for axis, trace in (("coloraxis", _panel(fig, "entropy")), ("coloraxis3", _panel(fig, "difference", "gtpo"))):
+        bar = fig.layout[axis].colorbar
+        domain = fig.layout["xaxis" + trace.xaxis[1:]].domain
+        assert bar.orientation == "h" and bar.tickangle == 0 and bar.title.side == "top"
+        # centred under its own panel, narrower than it, below its bottom edge
+        assert bar.x == pytest.approx(sum(domain) / 2) and bar.len < domain[1] - domain[0]
+        assert bar.y < fig.layout["yaxis" + trace.yaxis[1:]].domain[0]
+    top = fig.layout.coloraxis3.cmax
+    assert list(fig.layout.coloraxis3.colorbar.tickvals) == [-top, 0, top]
+    assert list(fig.layout.coloraxis3.colorbar.ticktext) == [f"−{top:.2f}", "0", f"+{top:.2f}"]
+
+
+def test_redistribution_titles_wrap_to_their_columns():
+    ex = spec_example()
+    many = ("grpo", "gtpo", "gtpo_per_polarity", "gtpo_per_polarity_batch", "grpo_s", "grpo_s_token")
+    fig = viz.redistribution_figure(**ex, algorithms=many)
+    lines = [line for a in fig.layout.annotations for line in a.text.split("<br>")]
+    columns = sum(t.meta["kind"] != "difference" for t in fig.data)  # the entropies and 4 distinct advantages
+    assert columns == 5 and max(len(line) for line in lines) <= 56 // columns
+    assert any(a.text.startswith("GTPO (per<br>polarity) =") for a in fig.layout.annotations)
+    # the figure grows for the extra lines instead of drawing them over the title
+    assert fig.layout.margin.t > viz.redistribution_figure(**ex).layout.margin.t
 
 
 def test_redistribution_routes_keyword_arguments_and_keeps_given_ranges():

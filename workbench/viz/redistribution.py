@@ -6,12 +6,15 @@ whole responses by their mean entropy. The figure shows, for one group: the toke
 each algorithm's advantages (algorithms whose advantages are identical share one panel, e.g.
 "GRPO = DAPO"), and below each entropy-shaped algorithm its difference from GRPO on its own
 symmetric colour scale, so a shift of a few hundredths is as visible as the advantages themselves.
+Panels are titled by algorithm alone; the colour bars name the quantity and its unit, so the
+titles stay short enough to read side by side at a README's width (about 700 px).
 """
 
 from __future__ import annotations
 
 import html
 import inspect
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +39,10 @@ DEFAULT_ALGORITHMS = ("grpo", "dapo", "gtpo", "grpo_s")
 BASELINE = "grpo"
 ENTROPY_SCALE = [[0, "#ffffff"], [0.5, "#fdae61"], [1, "#e4572e"]]  # the token-highlight view's scale
 DIFFERENCE_SCALE = "PuOr_r"  # orange: more credit than GRPO gives, purple: less
+TITLE_CHARS = 56  # characters of panel titles side by side in one line of a figure about 700 px wide
+LINE_PX = 18  # px per extra line of a wrapped panel title
+MARGIN_TOP, MARGIN_BOTTOM, ROW_GAP = 70, 110, 70  # px; the bottom margin holds the lowest row's flat colour bars
+BAR_BELOW = {"ticks": 30, "axis title": 62}  # px from a panel's bottom edge to its flat colour bar's top
 _NAMED = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -69,10 +76,12 @@ def algorithm_advantages(group, algorithms=DEFAULT_ALGORITHMS, **algo_kwargs) ->
 
 @dataclass
 class Panel:
-    """One heatmap of the figure: ``kind`` is ``entropy``, ``advantage`` or ``difference``."""
+    """One heatmap of the figure: ``kind`` is ``entropy``, ``advantage`` or ``difference``; ``title`` is
+    what the panel says above it (the algorithms), ``label`` what a tooltip calls its values."""
 
     kind: str
     title: str
+    label: str
     values: np.ndarray
     algorithms: tuple[str, ...] = ()
 
@@ -89,15 +98,21 @@ def _panels(group: Group, algorithms, algo_kwargs) -> tuple[list[Panel], list[Pa
             merged.append(([name], advantages[name]))
         else:
             same[0].append(name)
-    top = [Panel("entropy", "token entropy", np.where(group.mask, group.entropies, np.nan))]
+    top = [Panel("entropy", "token entropy", "entropy", np.where(group.mask, group.entropies, np.nan))]
     below: list[Panel | None] = [None]
     base = advantages[BASELINE]
     for names, values in merged:
         title = " = ".join(display_name(n) for n in names)
-        top.append(Panel("advantage", f"{title} advantage", values, tuple(names)))
+        top.append(Panel("advantage", title, f"{title} advantage", values, tuple(names)))
         differs = not np.allclose(values, base, atol=1e-6, equal_nan=True)
-        below.append(Panel("difference", f"{title} − GRPO", values - base, tuple(names)) if differs else None)
+        difference = f"{title} − GRPO"
+        below.append(Panel("difference", difference, difference, values - base, tuple(names)) if differs else None)
     return top, below
+
+
+def _wrapped(title: str, cols: int) -> list[str]:
+    """The lines of a panel title among ``cols`` side by side, broken at spaces (about 700 px in all)."""
+    return textwrap.wrap(title, max(8, TITLE_CHARS // cols), break_long_words=False, break_on_hyphens=False)
 
 
 def colour_ranges(group, algorithms=DEFAULT_ALGORITHMS, **algo_kwargs) -> dict[str, float]:
@@ -123,7 +138,7 @@ def _hover(group: Group, panel: Panel, i: int, t: int) -> str:
         lines.append(f"token {html.escape(repr(token), quote=False)}")
     lines.append(f"entropy {group.entropies[i, t]:.3f} nats")
     if panel.kind != "entropy":
-        lines.append(f"{panel.title}: {panel.values[i, t]:+.3f}")
+        lines.append(f"{panel.label}: {panel.values[i, t]:+.3f}")
     lines.append(f"reward {group.rewards[i]:g} {'✓' if group.correct[i] else '✗'}")
     return "<br>".join(lines)
 
@@ -135,7 +150,11 @@ def _cell_text(group: Group, panel: Panel, annotate: bool) -> list[list[str]] | 
     if not annotate:
         return None
     fmt = "{:.2f}" if panel.kind == "entropy" else "{:+.2f}"
-    return [[fmt.format(panel.values[i, t]) if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
+
+    def cell(value: float) -> str:
+        return "0.00" if round(value, 2) == 0 else fmt.format(value)  # no "-0.00" beside "+0.00"
+
+    return [[cell(panel.values[i, t]) if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
 
 
 def _heatmap(group: Group, panel: Panel, labels: list[str], annotate: bool, axis: str) -> go.Heatmap:
@@ -151,67 +170,77 @@ def _heatmap(group: Group, panel: Panel, labels: list[str], annotate: bool, axis
         coloraxis=axis,
         xgap=1,
         ygap=1,
-        name=panel.title,
+        name=panel.label,
         hovertext=[[_hover(group, panel, i, t) if group.mask[i, t] else "" for t in range(T)] for i in range(n)],
         hovertemplate="%{hovertext}<extra></extra>",
-        meta={"kind": panel.kind, "algorithms": list(panel.algorithms), "title": panel.title},
+        meta={"kind": panel.kind, "algorithms": list(panel.algorithms), "title": panel.label},
     )
 
 
-def _difference_axis(fig: go.Figure, trace: go.Heatmap, panel: Panel, advantage_range: float, below: float) -> dict:
-    """The colour axis of one difference panel, its colour bar laid flat ``below`` (paper fraction) the panel."""
+def _signed(value: float) -> str:
+    return "0" if value == 0 else f"{value:+.2f}".replace("-", "−")
+
+
+def _flat_bar(fig: go.Figure, trace: go.Heatmap, title: str, below_px: float, ticks: list[float]) -> dict:
+    """A colour bar laid flat under the panel of ``trace``, ``below_px`` under its bottom edge: three quarters of
+    the panel's width (so the end labels of neighbouring bars do not meet), its title above it and level tick
+    labels at ``ticks``."""
     xaxis = fig.layout["xaxis" + trace.xaxis[1:]]
     yaxis = fig.layout["yaxis" + trace.yaxis[1:]]
-    top = _difference_range(panel, advantage_range)
-    bar = {
+    plot_height = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    return {
         "orientation": "h",
-        "thickness": 8,
-        "len": xaxis.domain[1] - xaxis.domain[0],
+        "thickness": 10,
+        "len": 0.75 * (xaxis.domain[1] - xaxis.domain[0]),
         "lenmode": "fraction",
         "x": sum(xaxis.domain) / 2,
         "xanchor": "center",
-        "y": yaxis.domain[0] - below,
+        "xpad": 0,
+        "y": yaxis.domain[0] - below_px / plot_height,
         "yanchor": "top",
-        "title": {"text": "difference", "side": "right"},
-        "tickvals": [-top, 0, top],
-        "tickformat": "+.2f",
+        "title": {"text": title, "side": "top", "font": {"size": 12}},
+        "tickvals": ticks,
+        "ticktext": [_signed(t) if ticks[0] < 0 else f"{t:.3g}" for t in ticks],
+        "tickangle": 0,
+        "tickfont": {"size": 11},
     }
-    return {"colorscale": DIFFERENCE_SCALE, "cmid": 0, "cmin": -top, "cmax": top, "colorbar": bar}
 
 
-def _height(group: Group, rows: int) -> int:
-    return 130 + rows * (110 + 24 * group.n)
-
-
-def _layout(fig: go.Figure, group: Group, ranges: dict, rows: int, title: str) -> None:
+def _colour_axes(fig: go.Figure, group: Group, panels: list[tuple[go.Heatmap, Panel]], ranges: dict) -> None:
+    """The colour scales: the entropies' flat under their panel, the advantages' upright beside the top row
+    (one scale for every algorithm), and each difference panel's own symmetric scale flat under it."""
     top_entropy = float(np.nanmax(np.where(group.mask, group.entropies, np.nan))) or 1.0
-    bar = {"len": 0.42 if rows > 1 else 0.45, "thickness": 12, "x": 1.01}
-    fig.update_layout(
-        coloraxis={
+    entropy_trace = fig.data[0]
+    yaxis = fig.layout["yaxis" + entropy_trace.yaxis[1:]]
+    axes = {
+        "coloraxis": {
             "colorscale": ENTROPY_SCALE,
             "cmin": 0,
             "cmax": top_entropy,
-            "colorbar": {**bar, "title": {"text": "entropy<br>(nats)"}, "y": 1.0, "yanchor": "top"},
+            "colorbar": _flat_bar(
+                fig, entropy_trace, "token entropy (nats)", BAR_BELOW["axis title"], [0, top_entropy / 2, top_entropy]
+            ),
         },
-        coloraxis2={
+        "coloraxis2": {
             "colorscale": "RdBu",
             "cmid": 0,
             "cmin": -ranges["advantage"],
             "cmax": ranges["advantage"],
             "colorbar": {
-                **bar,
                 "title": {"text": "advantage"},
-                "y": 0.5 if rows > 1 else 0.0,
-                "yanchor": "top" if rows > 1 else "bottom",
+                "thickness": 12,
+                "x": 1.01,
+                "y": yaxis.domain[1],
+                "yanchor": "top",
+                "len": yaxis.domain[1] - yaxis.domain[0],
             },
         },
-    )
-    T = group.mask.shape[1]
-    fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
-    fig.update_xaxes(dtick=1 if T <= 16 else None, showgrid=False)
-    fig.update_xaxes(title_text="position", title_standoff=2, row=1)
-    styled(fig, title=title, height=_height(group, rows))
-    fig.update_layout(plot_bgcolor="#f4f4f4", margin={"b": 90})
+    }
+    for trace, panel in panels:
+        top = _difference_range(panel, ranges["advantage"])
+        bar = _flat_bar(fig, trace, "difference", BAR_BELOW["ticks"], [-top, 0, top])
+        axes[trace.coloraxis] = {"colorscale": DIFFERENCE_SCALE, "cmid": 0, "cmin": -top, "cmax": top, "colorbar": bar}
+    fig.update_layout(**axes)
 
 
 def _figure(group: Group, algorithms, annotate, title, ranges, algo_kwargs) -> go.Figure:
@@ -220,31 +249,39 @@ def _figure(group: Group, algorithms, annotate, title, ranges, algo_kwargs) -> g
     n, T = group.mask.shape
     annotate = T <= 8 and n <= 12 if annotate is None else annotate
     rows = 2 if any(p is not None for p in below) else 1
-    titles = [p.title for p in top] + [p.title for p in below if p is not None]
+    titles = [_wrapped(p.title, len(top)) for p in top] + [_wrapped(p.title, len(top)) for p in below if p]
+    extra = [max(len(t) for t in titles[: len(top)]) - 1, max((len(t) for t in titles[len(top) :]), default=1) - 1]
+    panel_px, gap_px = 40 + 24 * group.n, ROW_GAP + LINE_PX * extra[1]  # extra lines of the titles above a row
+    plot_px = rows * panel_px + (rows - 1) * gap_px
     specs = [[{} for _ in top]] + [[{} if p else None for p in below]] * (rows - 1)
     fig = make_subplots(
         rows=rows,
         cols=len(top),
         shared_yaxes="all",
-        subplot_titles=titles,
+        subplot_titles=["<br>".join(t) for t in titles],
         specs=specs,
         horizontal_spacing=0.015,
-        vertical_spacing=0.5 / (group.n**0.5 + 1),
+        vertical_spacing=gap_px / plot_px,
     )
     labels = [f"#{i} {'✓' if group.correct[i] else '✗'} r={group.rewards[i]:g}" for i in range(n)]
-    axes = {}
+    differences = []
     for col, (upper, lower) in enumerate(zip(top, below), start=1):
         fig.add_trace(
             _heatmap(group, upper, labels, annotate, "coloraxis2" if col > 1 else "coloraxis"), row=1, col=col
         )
         if lower is not None:
-            name = f"coloraxis{3 + len(axes)}"
-            fig.add_trace(_heatmap(group, lower, labels, annotate, name), row=2, col=col)
-            below_px = 32 / (_height(group, rows) - 160)  # under the tick labels (160: top and bottom margins)
-            axes[name] = _difference_axis(fig, fig.data[-1], lower, ranges["advantage"], below_px)
-            fig.update_yaxes(showticklabels=len(axes) == 1, row=2, col=col)  # row labels on the first one
-    _layout(fig, group, ranges, rows, title)
-    fig.update_layout(**axes)
+            axis = f"coloraxis{3 + len(differences)}"
+            fig.add_trace(_heatmap(group, lower, labels, annotate, axis), row=2, col=col)
+            differences.append((fig.data[-1], lower))
+            fig.update_yaxes(showticklabels=len(differences) == 1, row=2, col=col)  # row labels on the first one
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
+    fig.update_xaxes(dtick=1 if T <= 8 else 2 if T <= 16 else None, tickangle=0, showgrid=False)
+    fig.update_xaxes(title_text="position", title_standoff=2, row=1)
+    top_px = MARGIN_TOP + LINE_PX * extra[0]
+    styled(fig, title=title, height=top_px + plot_px + MARGIN_BOTTOM)
+    fig.update_layout(plot_bgcolor="#f4f4f4", margin={"t": top_px, "b": MARGIN_BOTTOM})
+    fig.update_annotations(font={"size": 14})  # the panel titles
+    _colour_axes(fig, group, differences, ranges)
     return fig
 
 
