@@ -426,6 +426,11 @@ def test_stability_final_accuracy_per_length(tmp_path):
     np.testing.assert_allclose(entropy16.y, [1.0, 1 - 0.4 / 2])
     assert len(_traces(fig, metric="grad_norm", kind="mean")) == 4
     assert fig.layout.yaxis.title.text == "entropy (nats per token)"
+    # the figure says what its lines and bands are
+    assert [t.name for t in _traces(fig, kind="band_legend")] == ["band: min–max over seeds"]
+    assert "trailing mean" not in fig.layout.title.text
+    smoothed = viz.stability_figure(runs, smooth=3)
+    assert "lines: mean over seeds of a trailing mean of 3 steps" in smoothed.layout.title.text
     with pytest.raises(ValueError, match="task_params"):
         viz.stability_table([write_run(tmp_path, "nolen", task_params={"digits": 3}, metrics=_metrics([0.1]))])
 

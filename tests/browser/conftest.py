@@ -61,12 +61,16 @@ def _user_settings(root: Path) -> None:
         (root / name).write_text(json.dumps(value))
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    """``(url, token, directory)`` of a JupyterLab serving a copy of the notebooks."""
+def _require_browser() -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (scripts/install_browser.sh installs it)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """``(url, token, directory)`` of a JupyterLab serving a copy of the notebooks."""
+    _require_browser()
     home = tmp_path_factory.mktemp("lab")
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         shutil.copy(nb, home / nb.name)
@@ -123,7 +127,9 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def browser(lab):
+def browser():
+    """Headless chromium (no JupyterLab needed: :func:`lab` starts that)."""
+    _require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -1,7 +1,8 @@
 """Every tutorial notebook opened in JupyterLab and run there, as a reader does (fast size).
 
 ``WORKBENCH_README_FIGURES=1`` also writes the README's figures (``README_FIGURES``, found by their
-title) to ``data/figures/``: the images the README shows are what this check rendered.
+title) to ``data/figures/``: the images the README shows are what this check rendered, stored as
+palette PNGs of their 256 most frequent colours (``palette_png``: a third of the size, the same look).
 
 Each notebook is run from JupyterLab's Run All command in headless Chromium; the check asserts
 that no cell shows an error or a warning block and that the browser console stayed clean, then
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
+import palette_png  # tests/browser/palette_png.py (pytest puts this folder on sys.path)
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -30,6 +31,7 @@ FIGURES = (
 )
 MAX_SAVED_BYTES = 5_000_000
 FIGURES_DIR = ROOT / "data" / "figures"
+README_FIGURE_ERROR = 1.0  # most a README copy's pixels may differ from the screenshot's, on average (0-255 levels)
 #: README image -> (notebook, text the figure shows): the key figures, taken from this check
 README_FIGURES = {
     "redistribution.png": ("01_token_level_credit.ipynb", "Spec example: entropies, advantages"),
@@ -60,17 +62,24 @@ def _save_figures(nb) -> list[Path]:
             output.scroll_into_view_if_needed()
             nb.page.wait_for_timeout(200)
             saved.append(nb.screenshot(f"cell{i + 1:02d}-{j + 1}", output))
-            _readme_copy(nb.name, output.evaluate("e => e.textContent"), saved[-1])
+            _readme_copy(nb, output.evaluate("e => e.textContent"), saved[-1])
     return saved
 
 
-def _readme_copy(notebook: str, text: str, png: Path) -> None:
+def _readme_copy(nb, text: str, png: Path) -> None:
+    """With ``WORKBENCH_README_FIGURES=1``, the screenshot ``png`` as the README image whose title ``text`` shows."""
     if os.environ.get("WORKBENCH_README_FIGURES") != "1":
         return
     for image, (source, title) in README_FIGURES.items():
-        if source == notebook and title in text:
+        if source == nb.name and title in text:
+            blank = nb.page.context.new_page()  # decodes the PNGs; the notebook page is left alone
+            try:
+                compact, error = palette_png.compact(blank, png.read_bytes())
+            finally:
+                blank.close()
+            assert error < README_FIGURE_ERROR, f"{image}: the palette copy differs by {error:.2f} levels on average"
             FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy(png, FIGURES_DIR / image)
+            (FIGURES_DIR / image).write_bytes(compact)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

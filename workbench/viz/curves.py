@@ -29,6 +29,8 @@ __all__ = [
     "run_series",
     "aggregate_runs",
     "add_curve",
+    "add_curves",
+    "add_band_legend",
     "band_label",
     "population_note",
     "step_axis",
@@ -48,7 +50,7 @@ METRIC_LABELS = {
     "reward": ("training reward", "reward (mean per response)", None),
     "entropy": ("training entropy", "entropy (nats per token)", None),
     "response_len_mean": ("response length", "length (tokens)", None),
-    "grad_norm": ("gradient norm", "gradient norm (L2, before clipping)", None),
+    "grad_norm": ("gradient norm", "L2 norm (before clipping)", None),
     "loss": ("loss", "loss", None),
     "clip_frac": ("clipped tokens", "clipped (% of tokens)", ".0%"),
     "approx_kl": ("approx. KL(old ‖ new)", "KL (nats per token)", None),
@@ -131,24 +133,10 @@ def add_curve(
     markers = len(x) <= 30 if markers is None else markers
     if band:
         common = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip", "legendgroup": name}
-        fig.add_trace(
-            go.Scatter(x=x, y=table["upper"], name=f"{name} upper", meta={**meta, "kind": "upper"}, **common),
-            row=row,
-            col=col,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=table["lower"],
-                name=f"{name} lower",
-                fill="tonexty",
-                fillcolor=rgba(color, 0.2),
-                meta={**meta, "kind": "lower"},
-                **common,
-            ),
-            row=row,
-            col=col,
-        )
+        fill = {"upper": {}, "lower": {"fill": "tonexty", "fillcolor": rgba(color, 0.2)}}  # the lower edge fills up
+        for edge in ("upper", "lower"):
+            trace = go.Scatter(x=x, y=table[edge], name=f"{name} {edge}", meta={**meta, "kind": edge}, **common)
+            fig.add_trace(trace.update(fill[edge]), row=row, col=col)
     fig.add_trace(
         go.Scatter(
             x=x,
@@ -163,6 +151,54 @@ def add_curve(
         ),
         row=row,
         col=col,
+    )
+
+
+def add_curves(
+    fig: go.Figure,
+    groups: dict[str, pd.DataFrame],
+    *,
+    row: int,
+    col: int,
+    meta: dict,
+    in_legend: set,
+    band: bool = True,
+    markers: bool | None = None,
+) -> int:
+    """One panel's overlay: :func:`add_curve` for each ``{group: table}`` of :func:`aggregate_runs`, in the
+    group's colour and display name, a band where the group has several runs, each group in the legend
+    once per figure (``in_legend`` collects the shown ones). Returns the most runs behind one curve."""
+    widest = 1
+    for key, table in groups.items():
+        runs = int(table["runs"].max())
+        widest = max(widest, runs)
+        add_curve(
+            fig,
+            table,
+            name=display_name(key),
+            color=algorithm_color(key),
+            row=row,
+            col=col,
+            meta={**meta, "group": key},
+            showlegend=key not in in_legend,
+            band=band and runs > 1,
+            markers=markers,
+        )
+        in_legend.add(key)
+    return widest
+
+
+def add_band_legend(fig: go.Figure, label: str) -> None:
+    """A legend entry that says what the shaded bands are (``label``, e.g. :func:`band_label`'s)."""
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            name=label,
+            marker={"symbol": "square", "size": 12, "color": "rgba(120,120,120,0.3)"},
+            meta={"kind": "band_legend"},
+        )
     )
 
 
@@ -298,21 +334,20 @@ def training_curves(
     in_legend, widest = set(), 1
     for k, (panel, groups) in enumerate(panels):
         row, col = k // cols + 1, k % cols + 1
-        for key, table in groups.items():
-            widest = max(widest, int(table["runs"].max()))
-            add_curve(
+        markers = True if panel.startswith("eval ") else None
+        widest = max(
+            widest,
+            add_curves(
                 fig,
-                table,
-                name=display_name(key),
-                color=algorithm_color(key),
+                groups,
                 row=row,
                 col=col,
-                meta={"metric": panel, "group": key},
-                showlegend=key not in in_legend,
-                band=band is not None and table["runs"].max() > 1,
-                markers=True if panel.startswith("eval ") else None,
-            )
-            in_legend.add(key)
+                meta={"metric": panel},
+                in_legend=in_legend,
+                band=band is not None,
+                markers=markers,
+            ),
+        )
         label = METRIC_LABELS.get(panel, (panel, panel, None))
         fig.update_yaxes(
             title_text=label[1], tickformat=label[2], autorangeoptions=_value_range(panel), row=row, col=col
@@ -320,29 +355,22 @@ def training_curves(
         fig.update_xaxes(title_text="step", row=row, col=col)
         if panel == "grad_norm":
             _mark_no_update(fig, runs, by, row, col)
-    if band is not None and widest > 1:  # a legend entry that says what the shading is
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=band_label(band, widest),
-                marker={"symbol": "square", "size": 12, "color": "rgba(120,120,120,0.3)"},
-                meta={"kind": "band_legend"},
-            )
-        )
+    if band is not None and widest > 1:
+        add_band_legend(fig, band_label(band, widest))
     step_axis(fig, max((float(np.nanmax(t.index)) for _, g in panels for t in g.values() if len(t)), default=1.0))
     return titled(fig, title or "Training curves", 300 * rows + 140)
 
 
 def titled(fig: go.Figure, title: str, height: int, notes: int = 0) -> go.Figure:
     """The workbench style with the title at the top and the legend in a row under it (``notes``: lines
-    of small print under the title)."""
+    of small print under the title). A legend of more than five entries gets room for a second row, which
+    it takes at a README's width (about 700 px)."""
     top = 46 + 20 * notes
+    entries = sum(1 for t in fig.data if t.showlegend is not False and t.name)
     legend = {"orientation": "h", "x": 0, "yref": "container", "y": 1 - top / height, "yanchor": "top"}
     return styled(fig, title=title, height=height).update_layout(
         hovermode="x unified",
         legend=legend,
-        margin={"t": 74 + top},
+        margin={"t": 74 + top + (24 if entries > 5 else 0)},
         title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 14}},
     )

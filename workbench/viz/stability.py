@@ -17,7 +17,8 @@ from .curves import (
     _mark_no_update,
     _order,
     _value_range,
-    add_curve,
+    add_band_legend,
+    add_curves,
     aggregate_runs,
     population_note,
     run_series,
@@ -76,26 +77,18 @@ def stability_table(runs, *, final: str = "auto", window: int = 1, length_key: s
 
 def _trajectories(
     fig: go.Figure, runs: list[RunData], name: str, length: int, row: int, col: int, smooth: int, in_legend: set
-) -> None:
-    """One panel: ``name`` against step for one chain length, mean and min–max band per algorithm."""
+) -> int:
+    """One panel: ``name`` against step for one chain length, mean and min–max band per algorithm.
+    Returns the most seeds behind one curve."""
     curves = aggregate_runs(runs, name, smooth=smooth)
-    for algorithm, curve in sorted(curves.items(), key=lambda kv: _order(kv[0])):
-        add_curve(
-            fig,
-            curve,
-            name=display_name(algorithm),
-            color=algorithm_color(algorithm),
-            row=row,
-            col=col,
-            meta={"metric": name, "length": int(length), "group": algorithm},
-            showlegend=algorithm not in in_legend,
-            band=curve["runs"].max() > 1,
-        )
-        in_legend.add(algorithm)
+    curves = dict(sorted(curves.items(), key=lambda kv: _order(kv[0])))
+    meta = {"metric": name, "length": int(length)}
+    widest = add_curves(fig, curves, row=row, col=col, meta=meta, in_legend=in_legend)
     if name == "grad_norm":
         _mark_no_update(fig, runs, "algorithm", row, col)
     step_axis(fig, max((float(c.index.max()) for c in curves.values()), default=1.0), row=row, col=col)
     fig.update_yaxes(autorangeoptions=_value_range(name), row=row, col=col)
+    return widest
 
 
 def _final_panel(fig: go.Figure, table: pd.DataFrame, row: int, in_legend: set) -> list[int]:
@@ -192,10 +185,11 @@ def stability_figure(
         rows=rows, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3 / rows, horizontal_spacing=0.06
     )
     in_legend: set = set()
+    widest = 1
     for col, length in enumerate(lengths, start=1):
         subset = [run for run in runs if _length(run, length_key) == length]
         for row, name in enumerate(metrics, start=1):
-            _trajectories(fig, subset, name, length, row, col, smooth, in_legend)
+            widest = max(widest, _trajectories(fig, subset, name, length, row, col, smooth, in_legend))
             if col == 1:
                 fig.update_yaxes(title_text=METRIC_LABELS.get(name, (name, name))[1], row=row, col=col)
     categories = _final_panel(fig, table, rows, in_legend)
@@ -216,8 +210,12 @@ def stability_figure(
         col=1,
         autorangeoptions={"clipmin": 0, "clipmax": 1} if label[2] == ".0%" else None,
     )
-    notes = [
+    if widest > 1:
+        add_band_legend(fig, "band: min–max over seeds")
+    notes = [f"lines: mean over seeds of a trailing mean of {smooth} steps"] if smooth > 1 else []
+    notes += [
         f"{METRIC_LABELS.get(m, (m,))[0]}: {population_note(runs, m)}" for m in metrics if population_note(runs, m)
     ]
+    notes = ["; ".join(notes)] if notes else []  # one line of small print
     title = (title or "Stability across chain lengths") + "".join(f"<br><sup>{n}</sup>" for n in notes)
-    return titled(fig, title, 250 * rows + 150 + 20 * len(notes), notes=len(notes)).update_layout(hovermode="closest")
+    return titled(fig, title, 210 * rows + 150 + 20 * len(notes), notes=len(notes)).update_layout(hovermode="closest")
