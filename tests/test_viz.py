@@ -76,21 +76,10 @@ def _traces(fig, **meta):
 
 def test_token_table_flattens_records():
     table = viz.token_table([_record(1), _record(5)])
-    assert len(table) == 2 * 10
-    assert list(table.columns[:10]) == [
-        "step",
-        "group",
-        "response",
-        "position",
-        "token",
-        "entropy",
-        "logprob",
-        "advantage",
-        "reward",
-        "correct",
-    ]
+    assert len(table) == 2 * 10 and list(table.columns) == viz.sources.TOKEN_COLUMNS  # the documented columns
     row = table[(table.step == 5) & (table.response == 2) & (table.position == 1)].iloc[0]
     assert (row.token, row.entropy, row.logprob, row.correct) == ("<b>", 4.0, -2.0, False)
+    assert (row.group, row.advantage, row.reward, row.algorithm) == (0, 0.0, 0.0, "gtpo")
 
 
 def test_run_directory_is_read_through_load_run(tmp_path):
