@@ -1,5 +1,6 @@
 """rollout_records: a loaded model's groups as samples.jsonl records, consistent with the library."""
 
+import inspect
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from workbench import advantages as adv
 from workbench.analysis import rollout_records
-from workbench.config import DEFAULT_INIT
+from workbench.config import DEFAULT_INIT, TrainConfig
 from workbench.models import load_model
 from workbench.tasks import get_task
 from workbench.viz import as_group, entropy_distribution
@@ -56,3 +57,9 @@ def test_records_feed_the_figures(records):
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="n >= 2"):
         rollout_records(None, None, None, prompts=1, n=1)
+
+
+def test_records_sample_at_the_trainers_budget_by_default():
+    """A checkpoint's entropy figures show replies as long as training lets them be (not a shorter budget)."""
+    default = inspect.signature(rollout_records).parameters["max_new_tokens"].default
+    assert default == TrainConfig().max_new_tokens == 20

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .algorithms import get_algorithm
+from .config import TrainConfig
 from .entropy import token_stats_from_model
 from .generation import format_prompts, generate
 
@@ -43,14 +44,15 @@ def rollout_records(
     n: int = 8,
     split: str = "eval",
     seed: int = 0,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = TrainConfig.max_new_tokens,
     temperature: float = 1.0,
     algorithm: str = "gtpo",
     chat_template: bool | None = None,
     step: int = 0,
     source: str = "",
 ) -> list[dict]:
-    """Sample ``n`` responses for each of ``prompts`` task examples and return one record per group.
+    """Sample ``n`` responses for each of ``prompts`` task examples and return one record per group
+    (at most ``max_new_tokens`` each: by default the trainer's budget).
 
     Each record has ``step``, ``group``, ``prompt``, ``answer`` (the gold answer), ``algorithm``,
     ``source`` (a label for the figures, e.g. the checkpoint's name) and ``responses`` (tokens,
