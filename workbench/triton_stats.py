@@ -69,8 +69,22 @@ if triton is not None:
         tl.store(ent_ptr + row, log_s - t / s)  # H = lse - E[z] = log s - E[z - m]
 
     @triton.jit
-    def _backward_kernel(z_ptr, z_stride, dz_ptr, dz_stride, tok_ptr, lse_ptr, ent_ptr, glogp_ptr, gent_ptr, V,
-                         inv_temp, HAS_GLOGP: tl.constexpr, HAS_GENT: tl.constexpr, BLOCK: tl.constexpr):
+    def _backward_kernel(
+        z_ptr,
+        z_stride,
+        dz_ptr,
+        dz_stride,
+        tok_ptr,
+        lse_ptr,
+        ent_ptr,
+        glogp_ptr,
+        gent_ptr,
+        V,
+        inv_temp,
+        HAS_GLOGP: tl.constexpr,
+        HAS_GENT: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         row = tl.program_id(0).to(tl.int64)
         lse = tl.load(lse_ptr + row)
         tok = tl.load(tok_ptr + row)
@@ -103,14 +117,29 @@ def stats_forward(z: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.
     N, V = z.shape
     out = [torch.empty(N, dtype=torch.float32, device=z.device) for _ in range(3)]
     if N:
-        _forward_kernel[(N,)](z, z.stride(0), tokens.long().contiguous(), *out, V, 1.0 / temperature,
-                              BLOCK=_block(V), enable_fp_fusion=True)
+        _forward_kernel[(N,)](
+            z,
+            z.stride(0),
+            tokens.long().contiguous(),
+            *out,
+            V,
+            1.0 / temperature,
+            BLOCK=_block(V),
+            enable_fp_fusion=True,
+        )
     return tuple(out)
 
 
-def stats_backward(z: torch.Tensor, tokens: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor,
-                   grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None, temperature: float = 1.0,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+def stats_backward(
+    z: torch.Tensor,
+    tokens: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_logp: torch.Tensor | None,
+    grad_entropy: torch.Tensor | None,
+    temperature: float = 1.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Gradient w.r.t. the raw logits ``z`` (before the temperature), in ``z``'s dtype.
 
     ``out`` may be ``z`` itself: each element is read before it is overwritten.
@@ -123,9 +152,20 @@ def stats_backward(z: torch.Tensor, tokens: torch.Tensor, lse: torch.Tensor, ent
     dummy = lse  # never read when the matching HAS_ flag is off
     if N:
         _backward_kernel[(N,)](
-            z, z.stride(0), out, out.stride(0), tokens.long().contiguous(), lse, entropy,
+            z,
+            z.stride(0),
+            out,
+            out.stride(0),
+            tokens.long().contiguous(),
+            lse,
+            entropy,
             dummy if grad_logp is None else grad_logp.float().contiguous(),
-            dummy if grad_entropy is None else grad_entropy.float().contiguous(), V, 1.0 / temperature,
-            HAS_GLOGP=grad_logp is not None, HAS_GENT=grad_entropy is not None, BLOCK=_block(V),
-            enable_fp_fusion=True)
+            dummy if grad_entropy is None else grad_entropy.float().contiguous(),
+            V,
+            1.0 / temperature,
+            HAS_GLOGP=grad_logp is not None,
+            HAS_GENT=grad_entropy is not None,
+            BLOCK=_block(V),
+            enable_fp_fusion=True,
+        )
     return out
