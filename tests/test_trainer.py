@@ -126,36 +126,19 @@ def test_dynamic_sampling_drops_zero_variance_groups(tmp_path):
     assert all(0 < sum(r["correct"] for r in s["responses"]) < 4 for s in run.samples)
 
 
+def _tiny_cli(out, *extra) -> list[str]:
+    """``python -m workbench train`` on the tiny model for one step at the smallest size, into ``out``."""
+    size = ["--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--eval-size", "4"]
+    model = ["--model", "tiny", "--model-params", json.dumps(TINY["model_params"])]
+    return [sys.executable, "-m", "workbench", "train", *model, *size, "--output-dir", str(out), *extra]
+
+
 def test_cli_train_smoke(tmp_path):
     out = tmp_path / "cli"
-    cmd = [
-        sys.executable,
-        "-m",
-        "workbench",
-        "train",
-        "--model",
-        "tiny",
-        "--model-params",
-        json.dumps(TINY["model_params"]),
-        "--steps",
-        "1",
-        "--prompts-per-step",
-        "2",
-        "--group-size",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--eval-size",
-        "4",
-        "--algorithm",
-        "grpo_s",
-        "--output-dir",
-        str(out),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(_tiny_cli(out, "--algorithm", "grpo_s"), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(load_run(out).metrics) == 1
-    res = subprocess.run(cmd[:-2] + ["--algorithm", "ppo"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(_tiny_cli(out, "--algorithm", "ppo"), capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "unknown 'ppo'" in res.stderr
 
 
@@ -357,32 +340,7 @@ def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
     good = [json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) for a in range(10) for b in range(10)]
     data.write_text("\n".join(good[:5] + ['{"question": "x"}', "not json"] + good[5:]) + "\n")
     out = tmp_path / "cli"
-    cmd = [
-        sys.executable,
-        "-m",
-        "workbench",
-        "train",
-        "--model",
-        "tiny",
-        "--model-params",
-        json.dumps(TINY["model_params"]),
-        "--steps",
-        "1",
-        "--prompts-per-step",
-        "2",
-        "--group-size",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--eval-size",
-        "4",
-        "--task",
-        "jsonl",
-        "--task-params",
-        json.dumps({"path": str(data), "lenient": True}),
-        "--output-dir",
-        str(out),
-    ]
+    cmd = _tiny_cli(out, "--task", "jsonl", "--task-params", json.dumps({"path": str(data), "lenient": True}))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "skipped 2 malformed line(s)" in res.stdout and "line 6: missing field 'answer'" in res.stderr
@@ -392,28 +350,7 @@ def test_lenient_jsonl_skipped_lines_are_printed_and_recorded(tmp_path):
 
 
 def test_cli_errors_are_one_line_with_the_traceback_behind_debug(tmp_path):
-    base = [
-        sys.executable,
-        "-m",
-        "workbench",
-        "train",
-        "--model",
-        "tiny",
-        "--model-params",
-        json.dumps(TINY["model_params"]),
-        "--steps",
-        "1",
-        "--prompts-per-step",
-        "2",
-        "--group-size",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--eval-size",
-        "4",
-        "--output-dir",
-        str(tmp_path / "run"),
-    ]
+    base = _tiny_cli(tmp_path / "run")
     cases = [
         (["--model", "/no/such/model"], "/no/such/model"),
         (["--advantage-kwargs", '{"alpha3": 1}'], "alpha3"),
