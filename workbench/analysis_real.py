@@ -4,9 +4,10 @@
   and how many groups of ``samples`` replies would carry a learning signal (right and wrong);
 - :func:`entropy_summary`, :func:`high_entropy_words`: where the entropy of sampled replies sits
   (mean, fraction of tokens above a threshold, the share the top tokens carry; the words);
-- :func:`credit_shares`: how GRPO, GTPO and GRPO-S spread one group's credit over its tokens.
+- :func:`credit_shares`: how GRPO, GTPO and GRPO-S spread one group's credit over its tokens;
+- :func:`study_accuracy`: a stored study's runs, held-out accuracy before and after with intervals.
 
-Everything reads the records of :func:`workbench.analysis.rollout_records` (``samples.jsonl``
+All but :func:`study_accuracy` (run directories) read the records of :func:`workbench.analysis.rollout_records` (``samples.jsonl``
 records), so it works on a run directory's samples as well.
 """
 
@@ -23,7 +24,14 @@ from .generation import format_prompts, generate
 from .study import confidence_interval
 from .viz.sources import token_table
 
-__all__ = ["wilson_interval", "task_accuracy", "entropy_summary", "high_entropy_words", "credit_shares"]
+__all__ = [
+    "wilson_interval",
+    "task_accuracy",
+    "entropy_summary",
+    "high_entropy_words",
+    "credit_shares",
+    "study_accuracy",
+]
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -179,4 +187,33 @@ def credit_shares(record: dict, algorithms=("grpo", "gtpo", "grpo_s"), *, top: f
                     "mean_abs_advantage_other": float(a[~high].mean()) if (~high).any() else np.nan,
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def study_accuracy(runs) -> pd.DataFrame:
+    """One row per run of a study: held-out greedy and sampled accuracy at its first and last
+    evaluation, each with its Wilson 95% interval (one reply per problem; every run is evaluated on
+    the same problems with the same sampling seed, so the first evaluation of runs from the same
+    model agrees), and the mean training entropy over the first and the last quarter of its steps.
+    ``runs``: run directories or :class:`~workbench.runs.Run` objects (e.g. ``load_results(root)["run"]``)."""
+    from .runs import Run, load_run
+
+    rows = []
+    for item in runs:
+        run = item if isinstance(item, Run) else load_run(item)
+        ev, m = run.evals, run.metrics
+        if len(ev) < 2:
+            raise ValueError(f"{run.path}: needs evaluations before and after training, found {len(ev)}")
+        row = {"algorithm": run.config["algorithm"], "seed": run.config["seed"], "steps": int(ev["step"].iloc[-1])}
+        for kind in ("greedy", "sampled"):
+            for when, e in (("before", ev.iloc[0]), ("after", ev.iloc[-1])):
+                n = int(e["problems"])
+                acc = float(e[f"{kind}_accuracy"])
+                lo, hi = wilson_interval(round(acc * n), n)
+                row[f"{kind}_{when}"] = acc
+                row[f"{kind}_{when}_95%"] = f"{lo:.0%}-{hi:.0%}"
+        quarter = max(1, len(m) // 4)
+        row["entropy_first"] = float(m["entropy"].iloc[:quarter].mean())
+        row["entropy_last"] = float(m["entropy"].iloc[-quarter:].mean())
+        rows.append(row)
     return pd.DataFrame(rows)
