@@ -205,31 +205,50 @@ def test_from_model_hidden_and_logits_paths_agree():
         token_stats_from_model(model, ids, method="fused")
 
 
+DDP_CHECK = """
+import sys
+import torch
+import torch.distributed as dist
+from workbench.config import DEFAULT_INIT
+from workbench.entropy import token_stats_from_model
+from workbench.models import load_model
+
+model, tok = load_model(DEFAULT_INIT)
+ids = tok(["123+456=975|579", "12+4=61|16"], return_tensors="pt", padding=True)
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+try:
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    kept = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: kept.append(out.shape[1]))
+    got = token_stats_from_model(ddp, ids["input_ids"], ids["attention_mask"], response_len=6)
+    want = token_stats_from_model(model, ids["input_ids"], ids["attention_mask"], response_len=6, method="logits")
+    hook.remove()
+    got[0].sum().backward()  # the gradient reaches the LM head through the wrapper
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+finally:
+    dist.destroy_process_group()
+assert kept[0] == 1, kept  # the wrapped forward computed one position's logits, not the response's
+for a, b in zip(got, want):
+    torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+
+
 def test_token_stats_from_a_ddp_wrapped_model(tmp_path):
     """Under DDP the statistics still come from the hidden states (the forward runs through the
-    wrapper, which keeps only one position's logits) and equal the unwrapped model's."""
-    import torch.distributed as dist
+    wrapper, which keeps only one position's logits) and equal the unwrapped model's. A one-process
+    gloo group in its own process, on the loopback interface and under a time limit: a process group
+    never touches the test process, and a network that cannot resolve its host name fails the test
+    instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
 
-    from workbench.config import DEFAULT_INIT
-    from workbench.models import load_model
-
-    model, tok = load_model(DEFAULT_INIT)
-    ids = tok(["123+456=975|579", "12+4=61|16"], return_tensors="pt", padding=True)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        kept = []
-        hook = model.lm_head.register_forward_hook(lambda m, a, out: kept.append(out.shape[1]))
-        got = token_stats_from_model(ddp, ids["input_ids"], ids["attention_mask"], response_len=6)
-        want = token_stats_from_model(model, ids["input_ids"], ids["attention_mask"], response_len=6, method="logits")
-        hook.remove()
-        got[0].sum().backward()  # the gradient reaches the LM head through the wrapper
-        assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
-    finally:
-        dist.destroy_process_group()
-    assert kept[0] == 1  # the wrapped forward computed one position's logits, not the response's
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", DDP_CHECK, str(tmp_path / "pg")], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
 class VocabMatmulRows(torch.utils._python_dispatch.TorchDispatchMode):
