@@ -97,6 +97,7 @@ def entropy_distribution(
         fig.add_trace(_histogram(rows, name, color, bins, histnorm, meta={"group": label, "tokens": len(rows)}))
     fig.update_layout(
         barmode="overlay",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},  # above the plot: full width for the bins
         xaxis_title="entropy (nats)",
         yaxis_title=HISTNORM_AXIS.get(histnorm, histnorm) + (" (log scale)" if log_y else ""),
     )

@@ -33,6 +33,7 @@ PALETTE: dict[str, str] = {
     "gtpo_per_polarity": "#B6E880",
     "grpo_s": "#AB63FA",
     "grpo_s_token": "#FF97FF",
+    "gtpo_per_polarity_batch": "#6B8E23",
 }
 #: Names as the paper and the README write them.
 NAMES: dict[str, str] = {
