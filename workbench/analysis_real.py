@@ -7,8 +7,9 @@
 - :func:`credit_shares`: how GRPO, GTPO and GRPO-S spread one group's credit over its tokens;
 - :func:`study_accuracy`: a stored study's runs, held-out accuracy before and after with intervals.
 
-All but :func:`study_accuracy` (run directories) read the records of :func:`workbench.analysis.rollout_records` (``samples.jsonl``
-records), so it works on a run directory's samples as well.
+All but :func:`study_accuracy` (which reads run directories) read the records of
+:func:`workbench.analysis.rollout_records` (``samples.jsonl`` records), so they work on a run
+directory's samples as well.
 """
 
 from __future__ import annotations
