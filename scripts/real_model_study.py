@@ -9,7 +9,8 @@
 ``per_polarity`` and ``per_polarity_batch`` normalisation (``--dapo`` adds DAPO) for each seed,
 from the model as shipped, with the settings in ``STUDY`` below; a finished cell is skipped and an
 interrupted one resumed, so the same command continues the grid. On the two CPU cores the grid runs
-as two processes of one thread each, one per seed (about 20 minutes per cell; nothing else running):
+as two processes of one thread each, one per seed (about 18 minutes per cell, 93 minutes for the grid
+with nothing else running):
 
     OMP_NUM_THREADS=1 python scripts/real_model_study.py study --seeds 0 &
     OMP_NUM_THREADS=1 python scripts/real_model_study.py study --seeds 1 &
@@ -34,7 +35,7 @@ TASK = "word_arithmetic"
 ALGORITHMS = ["grpo", "gtpo", "grpo_s", "gtpo_per_polarity", "gtpo_per_polarity_batch"]
 
 #: The study's TrainConfig, shared by every cell. Sized so that the grid (5 algorithms x 2 seeds) runs
-#: in a few hours on the two CPU cores, two cells at a time with one thread each: 16 steps of 4 prompts
+#: in about an hour and a half on the two CPU cores, two cells at a time with one thread each: 16 steps of 4 prompts
 #: x 8 replies (512 replies per run), evaluated on 64 held-out problems at steps 0, 8 and 16. The lr is
 #: the pilot's (5e-6 moved training accuracy from about 15% to 30% within 5 steps of 8 x 8).
 STUDY = dict(
