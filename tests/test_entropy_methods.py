@@ -5,9 +5,15 @@ Each method is checked on the spec's worked example and against an independent l
 re-implementation of its reference code (TRL, verl, Kwai-Klear/ERC) on random padded batches.
 """
 
+import math
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import workbench
 from workbench import _checks
 from workbench.losses import policy_loss
 
@@ -259,3 +265,461 @@ def test_vanilla_equals_todays_loss_bit_for_bit(kwargs, seed):
     assert m0 == m1  # same keys, same floats
     assert torch.equal(g0, g1)
     assert (h0 is None and h1 is None) or torch.equal(h0, h1)
+    explicit, _ = policy_loss(lp, lo, a, m, loss_mode="vanilla", **{**kwargs, **extra, "entropies": ent})
+    assert torch.equal(explicit, l0)
+
+
+# ---------------------------------------------------------------------------- the spec's worked example
+
+SPEC_H = torch.tensor([[2.0, 4.0, 1.0], [3.0, 1.0, 0.0], [1.0, 4.0, 0.5], [3.0, 0.5, 0.0]])
+SPEC_MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+SPEC_A = torch.tensor([0.866024, 0.866024, -0.866024, -0.866024])[:, None] * SPEC_MASK
+SPEC_LOGP = torch.tensor([[-0.5, -1.2, -2.0], [-0.3, -0.9, 0.0], [-1.5, -0.2, -2.5], [-0.8, -1.1, 0.0]])
+SPEC_LOGP_OLD = torch.tensor([[-0.6, -1.0, -2.0], [-0.35, -0.9, 0.0], [-1.4, -0.3, -2.2], [-0.8, -1.3, 0.0]])
+SPEC_H_NEW = torch.tensor([[2.1, 3.9, 1.2], [3.0, 0.9, 0.0], [1.0, 4.3, 0.5], [2.8, 0.5, 0.0]])
+
+
+def positions(mask: torch.Tensor) -> set[tuple[int, int]]:
+    return {tuple(int(v) for v in p) for p in mask.nonzero()}
+
+
+# ---------------------------------------------------------------------------- forking tokens (spec section 1)
+
+
+def trl_high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> np.ndarray:
+    """TRL's ``GRPOTrainer.get_high_entropy_mask`` on one process, in numpy: ``torch.quantile``'s
+    linear rule in float32 (rank ``q * (n - 1)``, lerp ``a + w (b - a)`` below w = 0.5, else
+    ``b - (b - a)(1 - w)``), then ``entropies * mask >= thr & mask``."""
+    h, m = entropies.numpy().astype(np.float32), mask.numpy().astype(bool)
+    local = np.sort(h[m])
+    if local.size == 0:
+        return np.zeros_like(m)
+    f = np.float32
+    rank = f(f(threshold) * f(local.size - 1))
+    lo, hi = int(np.floor(rank)), int(np.ceil(rank))
+    w, a, b = f(rank - f(lo)), local[lo], local[hi]
+    thr = f(a + w * (b - a)) if w < 0.5 else f(b - (b - a) * (f(1) - w))
+    return ((h * m) >= thr) & m
+
+
+def test_forking_spec_example():
+    for rho, thr, kept in (
+        (0.2, 3.2, {(0, 1), (2, 1)}),
+        (0.5, 1.5, {(0, 0), (0, 1), (1, 0), (2, 1), (3, 0)}),
+    ):
+        assert float(workbench.losses.top_entropy_threshold(SPEC_H, SPEC_MASK, rho)) == pytest.approx(thr, abs=1e-6)
+        assert positions(workbench.losses.top_entropy_mask(SPEC_H, SPEC_MASK, rho)) == kept
+
+
+def test_forking_edge_cases():
+    top = workbench.losses.top_entropy_mask
+    assert torch.equal(top(SPEC_H, SPEC_MASK, 1.0), SPEC_MASK)  # rho = 1 keeps every valid token
+    none = torch.zeros_like(SPEC_MASK)
+    assert torch.equal(top(SPEC_H, none, 0.2), none)  # no valid token: all false
+    assert float(workbench.losses.top_entropy_threshold(SPEC_H, none, 0.2)) == float("inf")
+    # ties at the threshold are all kept: valid 1, 2, 2, 2, 3 with rho 0.5 -> thr 2 -> 4 of 5
+    h = torch.tensor([[1.0, 2.0, 2.0], [2.0, 3.0, 9.0]])
+    m = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert positions(top(h, m, 0.5)) == {(0, 1), (0, 2), (1, 0), (1, 1)}  # the padded 9.0 never
+    assert positions(top(h, m, 0.2)) == {(1, 1)}  # thr = 2.2
+    # padding is never kept, even with the largest entropy
+    assert not top(torch.tensor([[0.1, 0.2, 50.0]]), torch.tensor([[1, 1, 0]]), 0.5)[0, 2]
+    with pytest.raises(ValueError, match=r"rho must be in \(0, 1\]"):
+        top(h, m, 0.0)
+    with pytest.raises(ValueError, match="mask has shape"):
+        top(h, m[:, :2], 0.5)
+    bad = h.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="entropies contains NaN"):
+        top(bad, m, 0.5)
+    bad[0, 0], bad[1, 2] = 1.0, float("nan")  # NaN in padding is ignored
+    assert positions(top(bad, m, 0.2)) == {(1, 1)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    rho=st.one_of(
+        st.sampled_from([0.01, 0.05, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.8, 0.99, 1.0]), st.floats(1e-3, 1.0)
+    ),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    grid=st.booleans(),
+)
+def test_threshold_is_torch_quantile_bit_for_bit(n, rho, seed, dtype, grid):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(n, generator=g, dtype=dtype) * 5
+    if grid:  # many ties
+        values = (values * 2).round() / 2
+    thr = workbench.losses.top_entropy_threshold(values, torch.ones(n, dtype=torch.bool), rho)
+    assert thr.dtype == dtype
+    assert torch.equal(thr, torch.quantile(values, 1 - rho))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_forking_matches_trl_on_padded_batches(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 7, 11
+    h = torch.rand(B, T, generator=g) * 4
+    if seed % 2:  # entropies on a grid: ties at the threshold
+        h = (h * 4).round() / 4
+    lengths = torch.randint(0, T + 1, (B,), generator=g)  # rows of length 0 too
+    m = torch.arange(T)[None] < lengths[:, None]
+    h = torch.where(m, h, torch.rand(B, T, generator=g) * 100)  # padding holds large garbage
+    for rho in (0.05, 0.2, 0.5, 0.8, 1.0):
+        ours = workbench.losses.top_entropy_mask(h, m, rho).numpy()
+        assert np.array_equal(ours, trl_high_entropy_mask(h, m, 1 - rho) if rho < 1 else m.numpy())
+
+
+def test_forking_beyond_torch_quantiles_limit():
+    """torch.quantile refuses inputs over 2**24 elements ("input tensor is too large", after a few
+    seconds); the threshold still comes, and matches numpy's linear quantile."""
+    n = 2**24 + 1001
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(2, n // 2 + 1, generator=g) * 3
+    m = torch.ones_like(h, dtype=torch.bool)
+    m[1, -1] = False
+    thr = workbench.losses.top_entropy_threshold(h, m, 0.2)
+    assert float(thr) == pytest.approx(float(np.quantile(h[m].numpy().astype(np.float64), 0.8)), abs=1e-6)
+    keep = workbench.losses.top_entropy_mask(h, m, 0.2)
+    assert int(keep.sum()) == pytest.approx(0.2 * int(m.sum()), abs=2) and not keep[1, -1]
+
+
+def test_forking_in_the_loss_multiplies_the_token_loss_and_keeps_the_denominator():
+    lp, lo, a, m = padded_batch(seed=3)
+    h = torch.rand(lp.shape, generator=torch.Generator().manual_seed(9)) * 3
+    keep = workbench.losses.top_entropy_mask(h, m, 0.3)
+    new = lp.clone().requires_grad_()
+    loss, metrics = policy_loss(new, lo, a, m, eps_high=0.28, top_entropy_keep=keep)
+    loss.backward()
+    ratio = (lp - lo).exp()
+    per_token = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.28))
+    assert float(loss) == pytest.approx(float((per_token * keep).sum() / m.sum()), abs=1e-6)  # all valid tokens count
+    unclipped = (ratio >= 0.8) & (ratio <= 1.28) & (a != 0)
+    assert torch.all(new.grad[~keep] == 0) and torch.all(new.grad[keep & unclipped] != 0)
+    assert metrics["top_entropy_kept_frac"] == pytest.approx(int(keep.sum()) / int(m.sum()))
+    # TRL's reading: rho in the call, on the current entropies of this call's tokens
+    in_call, metrics2 = policy_loss(lp, lo, a, m, eps_high=0.28, top_entropy_quantile=0.3, entropies=h)
+    assert torch.equal(in_call, loss.detach()) and metrics2["top_entropy_kept_frac"] == metrics["top_entropy_kept_frac"]
+    # a mask computed over the whole mini-batch, micro-batch by micro-batch, adds up to the whole
+    parts = [
+        policy_loss(lp[s], lo[s], a[s], m[s], top_entropy_keep=keep[s], denominator=float(m.sum()))[0]
+        for s in (slice(0, 2), slice(2, 6))
+    ]
+    whole, _ = policy_loss(lp, lo, a, m, top_entropy_keep=keep)
+    assert float(sum(parts)) == pytest.approx(float(whole), abs=1e-6)
+    assert "top_entropy_kept_frac" not in policy_loss(lp, lo, a, m)[1]
+
+
+# ---------------------------------------------------------------------------- Clip-Cov and KL-Cov (spec section 2)
+
+
+def verl_clip_cov(lp, lo, adv, mask, *, eps_low, eps_high, ratio, lb, ub, seed):
+    """verl's ``compute_policy_loss_clip_cov`` (token-mean), token by token in numpy float64; the
+    random draw is ``torch.randperm`` from a generator seeded with ``seed``."""
+    lp, lo, A, M = (x.double().numpy() for x in (lp, lo, adv, mask))
+    B, T = lp.shape
+    rho = np.exp(lp - lo)
+    pg1, pg2 = -A * rho, -A * np.clip(rho, 1 - eps_low, 1 + eps_high)
+    N = M.sum()
+    mean_a, mean_l = (A * M).sum() / (N + 1e-8), (lp * M).sum() / (N + 1e-8)
+    candidates = []
+    for i in range(B):
+        for t in range(T):
+            cov = (A[i, t] - mean_a) * (lp[i, t] - mean_l)
+            if M[i, t] and not pg2[i, t] > pg1[i, t] and lb < cov < ub:
+                candidates.append((i, t))
+    corr = np.ones((B, T))
+    if candidates:
+        perm = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+        for j in perm[: min(max(int(ratio * N), 1), len(candidates))]:
+            corr[candidates[j]] = 0
+    loss = (np.maximum(pg1, pg2) * corr * M).sum() / N
+    return loss, {(i, t) for i in range(B) for t in range(T) if corr[i, t] == 0}, len(candidates)
+
+
+def verl_kl_cov(lp, lo, adv, mask, *, ratio, coef):
+    """verl's ``compute_policy_loss_kl_cov`` (token-mean) in numpy float64."""
+    lp, lo, A, M = (x.double().numpy() for x in (lp, lo, adv, mask))
+    valid = [(i, t) for i in range(lp.shape[0]) for t in range(lp.shape[1]) if M[i, t]]
+    a, logp = np.array([A[p] for p in valid]), np.array([lp[p] for p in valid])
+    cov = (a - a.mean()) * (logp - logp.mean())
+    top = np.argsort(-cov, kind="stable")[: max(1, int(len(valid) * ratio))]
+    chosen = {valid[j] for j in top}
+    total = 0.0
+    for p in valid:
+        total += -A[p] * math.exp(lp[p] - lo[p]) + (coef * abs(lp[p] - lo[p]) if p in chosen else 0.0)
+    return total / len(valid), chosen
+
+
+def wide_batch(seed, dtype=torch.float64):
+    """Advantages and log-probs spread enough for covariances in (1, 5); garbage at padding."""
+    lp, lo, a, m = padded_batch(B=12, T=16, seed=seed, spread=0.5)
+    g = torch.Generator().manual_seed(1000 + seed)
+    a = a * 2
+    lp = lo - torch.rand(lo.shape, generator=g) * 4
+    garbage = torch.randn(lp.shape, generator=g) * 50
+    lp, lo, a = (torch.where(m, x, garbage) for x in (lp, lo, a))
+    return lp.to(dtype), lo.to(dtype), a.to(dtype), m
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_clip_cov_matches_verl(seed):
+    lp, lo, a, m = wide_batch(seed)
+    counts = []
+    for ratio, lb, ub in ((0.05, 1.0, 5.0), (0.2, 0.5, 3.0), (1.0, 0.2, 5.0), (2e-4, 1.0, 5.0), (0.5, 50.0, 60.0)):
+        kw = dict(eps_low=0.2, eps_high=0.28, clip_cov_ratio=ratio, clip_cov_lb=lb, clip_cov_ub=ub)
+        ref_loss, ref_zeroed, n_candidates = verl_clip_cov(
+            lp, lo, a, m, eps_low=0.2, eps_high=0.28, ratio=ratio, lb=lb, ub=ub, seed=seed
+        )
+        g = torch.Generator().manual_seed(seed)
+        loss, metrics = policy_loss(lp, lo, a, m, loss_mode="clip_cov", generator=g, eps_high=0.28, **kw_loss(kw))
+        assert float(loss) == pytest.approx(ref_loss, abs=1e-9)
+        assert metrics["clip_cov_frac"] == pytest.approx(len(ref_zeroed) / int(m.sum()))
+        chosen = workbench.losses.clip_cov_tokens(lp, lo, a, m, generator=torch.Generator().manual_seed(seed), **kw)
+        assert positions(chosen) == ref_zeroed
+        if ratio == 1.0:  # fewer candidates than asked: every candidate is zeroed
+            assert len(ref_zeroed) == n_candidates < int(m.sum())
+        if lb == 50.0:  # no candidate: the vanilla loss
+            assert n_candidates == 0 and torch.equal(loss, policy_loss(lp, lo, a, m, eps_high=0.28)[0])
+        counts.append((n_candidates, len(ref_zeroed)))
+    assert counts[0][0] > counts[0][1] >= 2  # more candidates than asked: a random subset
+    assert counts[3][1] == 1  # k = max(int(2e-4 * N), 1) = 1
+
+
+def kw_loss(kw: dict) -> dict:
+    return {k: v for k, v in kw.items() if k.startswith("clip_cov")}
+
+
+def test_clip_cov_zeroes_gradients_and_is_reproducible():
+    lp, lo, a, m = wide_batch(2, dtype=torch.float32)
+    kw = dict(loss_mode="clip_cov", clip_cov_ratio=0.1, clip_cov_lb=0.3, clip_cov_ub=5.0)
+    new = lp.clone().requires_grad_()
+    loss, metrics = policy_loss(new, lo, a, m, generator=torch.Generator().manual_seed(5), **kw)
+    loss.backward()
+    chosen = workbench.losses.clip_cov_tokens(
+        lp, lo, a, m, clip_cov_ratio=0.1, clip_cov_lb=0.3, generator=torch.Generator().manual_seed(5)
+    )
+    assert int(chosen.sum()) == max(int(0.1 * int(m.sum())), 1)
+    ratio = (lp - lo).exp()
+    unclipped = (ratio >= 0.8) & (ratio <= 1.2) & (a != 0)
+    assert torch.all(new.grad[chosen] == 0) and torch.all(new.grad[m & ~chosen & unclipped] != 0)
+    again, _ = policy_loss(lp, lo, a, m, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(again, loss.detach())
+    # without a generator it draws from the global one, as verl
+    torch.manual_seed(11)
+    global_draw, _ = policy_loss(lp, lo, a, m, **kw)
+    torch.manual_seed(11)
+    ref = workbench.losses.clip_cov_tokens(lp, lo, a, m, clip_cov_ratio=0.1, clip_cov_lb=0.3)
+    vanilla_terms = torch.maximum(-a * (lp - lo).exp(), -a * (lp - lo).exp().clamp(0.8, 1.2))
+    assert float(global_draw) == pytest.approx(float((vanilla_terms * m * ~ref).sum() / m.sum()), abs=1e-6)
+    draws = {float(policy_loss(lp, lo, a, m, generator=torch.Generator().manual_seed(s), **kw)[0]) for s in range(6)}
+    assert len(draws) > 1  # the draw is random
+
+
+def test_kl_cov_spec_example():
+    cov = workbench.losses.token_covariance(SPEC_A, SPEC_LOGP, SPEC_MASK)
+    assert float(cov[2, 2]) == pytest.approx(1.212434, abs=1e-5) and float(cov[1, 0]) == pytest.approx(
+        0.69282, abs=1e-5
+    )
+    for ratio, loss_value, chosen in (
+        (0.2, 0.034745, {(2, 2), (1, 0)}),
+        (0.5, 0.054745, {(0, 0), (1, 0), (1, 1), (2, 0), (2, 2)}),
+    ):
+        loss, metrics = policy_loss(SPEC_LOGP, SPEC_LOGP_OLD, SPEC_A, SPEC_MASK, loss_mode="kl_cov", kl_cov_ratio=ratio)
+        assert float(loss) == pytest.approx(loss_value, abs=1e-6)
+        assert metrics["kl_cov_frac"] == len(chosen) / 10
+        assert metrics["clip_frac"] == 0.0
+        assert positions(workbench.losses.kl_cov_tokens(SPEC_A, SPEC_LOGP, SPEC_MASK, kl_cov_ratio=ratio)) == chosen
+    # the unclipped loss -A rho for every valid token (token-mean) with ratio -> 0 leaves one token
+    loss, _ = policy_loss(SPEC_LOGP, SPEC_LOGP_OLD, SPEC_A, SPEC_MASK, loss_mode="kl_cov", ppo_kl_coef=0.0)
+    plain = -(SPEC_A * (SPEC_LOGP - SPEC_LOGP_OLD).exp())[SPEC_MASK].mean()
+    assert float(loss) == pytest.approx(float(plain), abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kl_cov_matches_verl(seed):
+    lp, lo, a, m = wide_batch(seed)
+    for ratio, coef in ((2e-4, 1.0), (0.002, 1.0), (0.1, 0.5), (0.3, 2.0), (1.0, 1.0)):
+        ref_loss, ref_chosen = verl_kl_cov(lp, lo, a, m, ratio=ratio, coef=coef)
+        loss, metrics = policy_loss(lp, lo, a, m, loss_mode="kl_cov", kl_cov_ratio=ratio, ppo_kl_coef=coef)
+        assert float(loss) == pytest.approx(ref_loss, abs=1e-9)
+        assert positions(workbench.losses.kl_cov_tokens(a, lp, m, kl_cov_ratio=ratio)) == ref_chosen
+        assert metrics["kl_cov_frac"] == pytest.approx(len(ref_chosen) / int(m.sum()))
+
+
+def test_kl_cov_ties_go_to_the_earlier_token_and_on_policy_changes_nothing():
+    a = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    lp = torch.tensor([[-1.0, -1.0, -3.0, -3.0]])  # cov 1, 1, 1, 1 (all tied)
+    m = torch.ones(1, 4, dtype=torch.bool)
+    assert positions(workbench.losses.kl_cov_tokens(a, lp, m, kl_cov_ratio=0.5)) == {(0, 0), (0, 1)}
+    on_policy, _ = policy_loss(lp, lp, a, m, loss_mode="kl_cov", kl_cov_ratio=0.5)
+    assert float(on_policy) == pytest.approx(float(-a.mean()))  # |logp - logp_old| = 0: the plain loss
+    new = lp.clone().requires_grad_()
+    policy_loss(new, lp, a, m, loss_mode="kl_cov", kl_cov_ratio=0.5)[0].backward()
+    assert torch.allclose(new.grad, -a / 4)  # no gradient from |0| either
+
+
+# ---------------------------------------------------------------------------- ERC (spec section 4)
+
+
+def erc_reference(lp, lo, adv, mask, h_new, h_old, *, eps_low, eps_high, c, low, high):
+    """Kwai-Klear/ERC's ``compute_policy_loss_grpo_erc`` (token-mean), token by token in float64:
+    (loss, the tokens that keep their gradient)."""
+    lp, lo, A, M, Hn, Ho = (x.double().numpy() for x in (lp, lo, adv, mask, h_new, h_old))
+    total, kept = 0.0, set()
+    for i in range(lp.shape[0]):
+        for t in range(lp.shape[1]):
+            if not M[i, t]:
+                continue
+            r = math.exp(max(min(lp[i, t] - lo[i, t], 20.0), -20.0))
+            clip1 = max(-A[i, t] * r, -A[i, t] * min(max(r, 1 - eps_low), 1 + eps_high))
+            total += min(-A[i, t] * c, clip1) if A[i, t] < 0 else clip1
+            if low < (Hn[i, t] + 1e-8) / (Ho[i, t] + 1e-8) < high:
+                kept.add((i, t))
+    return total / M.sum(), kept
+
+
+def test_erc_bounds_are_strict():
+    h_old, h_new, m = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.5, 2.0]]), torch.ones(1, 2, dtype=torch.bool)
+    low, high = (0.5 + 1e-8) / (1.0 + 1e-8), (2.0 + 1e-8) / (1.0 + 1e-8)  # the two ratios, exactly
+    assert not workbench.losses.erc_keep(h_new, h_old, m, erc_low=low, erc_high=high).any()
+    assert workbench.losses.erc_keep(h_new, h_old, m, erc_low=low * 0.999, erc_high=high * 1.001).all()
+
+
+def test_erc_spec_example():
+    keep = workbench.losses.erc_keep(SPEC_H_NEW, SPEC_H, SPEC_MASK)
+    assert positions(keep) == {(0, 0), (0, 1), (1, 0), (2, 0), (2, 2), (3, 1)}
+    _, metrics = policy_loss(
+        SPEC_LOGP, SPEC_LOGP_OLD, SPEC_A, SPEC_MASK, loss_mode="erc", entropies=SPEC_H_NEW, entropies_old=SPEC_H
+    )
+    assert metrics["erc_kept_frac"] == 0.6
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_erc_matches_the_reference(seed):
+    lp, lo, a, m = wide_batch(seed)
+    lp = lo + torch.randn(lo.shape, generator=torch.Generator().manual_seed(seed), dtype=lo.dtype) * 0.8
+    g = torch.Generator().manual_seed(50 + seed)
+    h_old = torch.rand(lp.shape, generator=g, dtype=lp.dtype) * 3
+    h_new = h_old * (1 + (torch.rand(lp.shape, generator=g, dtype=lp.dtype) - 0.5) * 0.25)
+    if seed == 0:
+        h_old[0, 0] = h_new[0, 0] = 0.0  # zero entropy: ratio 1, kept
+    ref_loss, ref_kept = erc_reference(
+        lp, lo, a, m, h_new, h_old, eps_low=0.2, eps_high=0.28, c=3.0, low=0.95, high=1.05
+    )
+    kw = dict(eps_high=0.28, clip_ratio_c=3.0, entropies_old=h_old)
+    new, h = lp.clone().requires_grad_(), h_new.clone().requires_grad_()
+    loss, metrics = policy_loss(new, lo, a, m, loss_mode="erc", entropies=h, **kw)
+    loss.backward()
+    assert float(loss) == pytest.approx(ref_loss, abs=1e-9)
+    assert positions(workbench.losses.erc_keep(h_new, h_old, m)) == ref_kept
+    assert metrics["erc_kept_frac"] == pytest.approx(len(ref_kept) / int(m.sum()))
+    assert 0 < len(ref_kept) < int(m.sum())
+    # the loss value is the vanilla one; the dropped tokens only lose their gradient
+    plain = lp.clone().requires_grad_()
+    vanilla, _ = policy_loss(plain, lo, a, m, **kw)
+    vanilla.backward()
+    assert torch.equal(loss.detach(), vanilla.detach())
+    keep = workbench.losses.erc_keep(h_new, h_old, m)
+    assert torch.equal(new.grad[keep], plain.grad[keep]) and torch.all(new.grad[~keep] == 0)
+    assert h.grad is None  # ERC's entropies are a mask, never differentiated
+
+
+# ---------------------------------------------------------------------------- loss-mode plumbing
+
+
+def test_loss_mode_errors_and_registry():
+    lp, lo, a, m = padded_batch()
+    h = torch.rand(lp.shape)
+    with pytest.raises(ValueError, match="loss_mode must be one of .*'clip_cov'.*'erc'"):
+        policy_loss(lp, lo, a, m, loss_mode="cov")
+    with pytest.raises(ValueError, match=r"loss_mode='erc' needs entropies_old \(the behaviour policy"):
+        policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h)
+    with pytest.raises(ValueError, match=r"loss_mode='erc' needs entropies \(the current policy"):
+        policy_loss(lp, lo, a, m, loss_mode="erc", entropies_old=h)
+    with pytest.raises(ValueError, match="level='sequence'"):
+        policy_loss(lp, lo, a, m, loss_mode="clip_cov", level="sequence")
+    with pytest.raises(ValueError, match="level='sequence'"):
+        policy_loss(lp, lo, a, m, top_entropy_keep=m, level="sequence")
+    with pytest.raises(ValueError, match="no ratio clip"):
+        policy_loss(lp, lo, a, m, loss_mode="kl_cov", clip_ratio_c=3.0)
+    with pytest.raises(ValueError, match=r"kl_cov_ratio must be in \(0, 1\]"):
+        policy_loss(lp, lo, a, m, loss_mode="kl_cov", kl_cov_ratio=0.0)
+    with pytest.raises(ValueError, match="clip_cov_lb must be < clip_cov_ub"):
+        policy_loss(lp, lo, a, m, loss_mode="clip_cov", clip_cov_lb=5.0, clip_cov_ub=1.0)
+    with pytest.raises(ValueError, match="erc_low must be < erc_high"):
+        policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h, entropies_old=h, erc_low=1.1)
+    with pytest.raises(ValueError, match="entropies_old has shape"):
+        policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h, entropies_old=h[:, :-1])
+    with pytest.raises(ValueError, match="entropies_old must be >= 0"):
+        policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h, entropies_old=-h)
+    with pytest.raises(ValueError, match="top_entropy_quantile < 1 computes the forking mask from entropies"):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2)
+    with pytest.raises(ValueError, match="not both"):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2, top_entropy_keep=m, entropies=h)
+    with pytest.raises(ValueError, match=r"top_entropy_quantile must be in \(0, 1\]"):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=1.5, entropies=h)
+    with pytest.raises(ValueError, match="top_entropy_keep has shape"):
+        policy_loss(lp, lo, a, m, top_entropy_keep=m[:, :2])
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        policy_loss(lp, lo, a, m, loss_mode="clip_cov", generator=3)
+    assert {"vanilla", "clip_cov", "kl_cov", "erc"} <= set(workbench.losses.LOSS_MODES)
+    with pytest.raises(ValueError, match="'clip_cov' is already registered"):
+        workbench.losses.register_policy_loss("clip_cov")(lambda x: None)
+    with pytest.raises(ValueError, match="not a loss-mode keyword"):
+        workbench.losses.register_policy_loss("test_new", options=("alpha",))
+
+
+def test_a_new_loss_mode_is_one_function_and_one_line():
+    losses = workbench.losses
+
+    @losses.register_policy_loss("test_half")
+    def half(x):
+        loss, low, high, dual = losses._clipped(x.ratio, x.advantages, x.eps_low, x.eps_high, x.clip_ratio_c)
+        return losses.ModeOutput(loss / 2, low, high, dual, {"half": 1.0})
+
+    try:
+        lp, lo, a, m = padded_batch()
+        loss, metrics = policy_loss(lp, lo, a, m, loss_mode="test_half")
+        assert float(loss) == pytest.approx(float(policy_loss(lp, lo, a, m)[0]) / 2) and metrics["half"] == 1.0
+    finally:
+        del losses.LOSS_MODES["test_half"]
+
+
+# ---------------------------------------------------------------------------- entropy-bonus schedules (spec section 5)
+
+
+def test_adaptive_entropy_controller_spec_example():
+    coef, seen = 0.0, []
+    for e in (0.10, 0.15, 0.30, 0.25):
+        coef, active = workbench.losses.adaptive_entropy_coef(coef, e)
+        seen.append((coef, active))
+    assert [c for c, _ in seen] == pytest.approx([0.005, 0.010, 0.005, 0.0], abs=1e-12)
+    assert [a for _, a in seen] == [True, True, False, False]
+
+
+def test_adaptive_entropy_controller_bounds_match_trl():
+    step = workbench.losses.adaptive_entropy_coef
+    assert step(0.999, 0.1, delta=0.005) == (1.0, True)  # min(coef + delta, coef_max)
+    assert step(0.002, 0.5, delta=0.005, coef_min=0.001) == (0.001, False)  # max(coef - delta, coef_min)
+    assert step(0.01, 0.2) == (0.015, True)  # e == target counts as low (TRL: <=)
+    assert step(0.3, 2.0, target=1.5, delta=0.1, coef_max=0.5) == pytest.approx((0.2, False))
+    with pytest.raises(ValueError, match="coef_min must be <= coef_max"):
+        step(0.0, 0.1, coef_min=0.5, coef_max=0.1)
+    with pytest.raises(TypeError, match="entropy must be a finite number"):
+        step(0.0, float("nan"))
+
+
+def test_linear_entropy_schedule():
+    sched = workbench.losses.linear_entropy_coef
+    assert sched(0, 11, 0.01, 0.0) == 0.01
+    assert sched(5, 11, 0.01, 0.0) == pytest.approx(0.005)
+    assert sched(10, 11, 0.01, 0.0) == 0.0
+    assert sched(20, 11, 0.01, 0.0) == 0.0  # past the end: the final value
+    assert sched(3, 5, 0.0, 0.004) == pytest.approx(0.003)
+    assert sched(0, 1, 0.02, 0.0) == 0.02
+    with pytest.raises(ValueError, match="steps >= 1"):
+        sched(0, 0, 0.01, 0.0)
+    with pytest.raises(TypeError, match="step must be an int"):
+        sched(1.5, 10, 0.01, 0.0)
