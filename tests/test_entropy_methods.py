@@ -723,3 +723,85 @@ def test_linear_entropy_schedule():
         sched(0, 0, 0.01, 0.0)
     with pytest.raises(TypeError, match="step must be an int"):
         sched(1.5, 10, 0.01, 0.0)
+
+
+# ---------------------------------------------------------------------------- entropy advantage (spec section 3)
+
+SPEC_EXPECTED_ENTROPY_ADV = [
+    [1.299036, 1.299036, 1.266024],
+    [1.299036, 1.266024, 0.0],
+    [-0.466024, -0.433012, -0.666024],
+    [-0.433012, -0.666024, 0.0],
+]
+
+
+def entropy_advantage_loop(adv, h, mask, alpha, kappa):
+    """The paper's formula, token by token."""
+    out = np.zeros(adv.shape)
+    for idx in np.ndindex(*adv.shape):
+        if mask[idx]:
+            a = float(adv[idx])
+            out[idx] = a + min(alpha * float(h[idx]), abs(a) / kappa)
+    return out
+
+
+def test_entropy_advantage_spec_example():
+    from workbench.examples import spec_example
+
+    ex = spec_example()
+    grpo = workbench.grpo(ex["rewards"], ex["mask"])
+    out = workbench.advantages.entropy_advantage(grpo, ex["entropies"], ex["mask"])
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), SPEC_EXPECTED_ENTROPY_ADV, atol=1e-5)
+    registry = workbench.advantages.grpo_entropy_advantage(ex["rewards"], ex["entropies"], ex["mask"])
+    assert torch.equal(registry, out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    alpha=st.floats(0.0, 3.0),
+    kappa=st.floats(1.01, 10.0),
+)
+def test_entropy_advantage_never_flips_a_sign_and_matches_the_formula(seed, alpha, kappa):
+    g = torch.Generator().manual_seed(seed)
+    adv = torch.randn(3, 4, 7, generator=g)
+    adv[0, 0] = 0.0  # a zero-variance group's advantage stays 0
+    h = torch.rand(3, 4, 7, generator=g) * 5
+    m = torch.rand(3, 4, 7, generator=g) < 0.8
+    out = workbench.advantages.entropy_advantage(adv, h, m, alpha=alpha, kappa=kappa)
+    np.testing.assert_allclose(
+        out.numpy(), entropy_advantage_loop(adv.numpy(), h.numpy(), m.numpy(), alpha, kappa), atol=1e-6
+    )
+    assert torch.all(torch.sign(out[m]) == torch.sign(adv[m]))
+    assert torch.all(out[~m] == 0) and torch.all(out[0, 0] == 0)
+    assert torch.all(out[m].abs() <= adv[m].abs() * (1 + 1 / kappa) + 1e-6)
+
+
+def test_entropy_advantage_errors_and_no_gradient():
+    adv, h, m = torch.ones(2, 3), torch.ones(2, 3, requires_grad=True), torch.ones(2, 3, dtype=torch.bool)
+    assert not workbench.advantages.entropy_advantage(adv, h, m).requires_grad
+    with pytest.raises(ValueError, match="kappa must be > 1"):
+        workbench.advantages.entropy_advantage(adv, h, m, kappa=1.0)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        workbench.advantages.entropy_advantage(adv, h, m, alpha=-0.1)
+    with pytest.raises(ValueError, match="entropies has shape"):
+        workbench.advantages.entropy_advantage(adv, h[:, :2], m)
+    with pytest.raises(ValueError, match="entropies must be >= 0"):
+        workbench.advantages.entropy_advantage(adv, -h.detach(), m)
+
+
+# ---------------------------------------------------------------------------- surprisal (spec section 6)
+
+
+def test_shaping_signal():
+    logp_old = torch.tensor([[-0.5, -2.0, 3e-8], [-1.0, float("nan"), -7.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 1]], dtype=torch.bool)
+    s = workbench.advantages.shaping_signal(None, logp_old, m, signal="surprisal")
+    assert torch.equal(s, torch.tensor([[0.5, 2.0, 0.0], [1.0, 0.0, 7.0]]))  # padding 0, rounded above 0 -> 0
+    h = torch.rand(2, 3)
+    assert workbench.advantages.shaping_signal(h, logp_old, m) is h
+    with pytest.raises(ValueError, match="signal='surprisal' needs logp_old"):
+        workbench.advantages.shaping_signal(h, None, m, signal="surprisal")
+    with pytest.raises(ValueError, match="signal must be one of 'entropy', 'surprisal'"):
+        workbench.advantages.shaping_signal(h, logp_old, m, signal="nll")

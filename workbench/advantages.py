@@ -22,6 +22,11 @@ Decisions where the spec is silent (also in README):
 - ``zero_variance="skip"`` skips groups whose rewards are all equal (the same test as
   GRPO's zero advantage and DAPO's dynamic sampling): advantage 0, and no part in any
   statistic (which matters for ``normalize="per_polarity_batch"``).
+
+Beside them (``entropy-methods.md``): :func:`entropy_advantage` adds the clipped entropy term of
+arXiv 2506.14758 to any advantages (:func:`grpo_entropy_advantage` on GRPO's), and
+:func:`shaping_signal` gives the per-token signal an entropy-shaped method weights by: the
+entropy, or the sampled token's surprisal ``-logp_old`` (what API-bound GTPO ports use).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ INV_ENTROPY_EPS = 1e-8
 NORMALIZE = ("joint", "per_polarity", "per_polarity_batch")
 ZERO_VARIANCE = ("skip", "shape")
 SCALES = ("group", "batch", "none")
+SIGNALS = ("entropy", "surprisal")
 
 __all__ = [
     "grpo",
@@ -44,6 +50,10 @@ __all__ = [
     "shaped_rewards_gtpo",
     "shaped_rewards_grpo_s",
     "sequence_entropy",
+    "entropy_advantage",
+    "grpo_entropy_advantage",
+    "shaping_signal",
+    "SIGNALS",
 ]
 
 
@@ -370,3 +380,77 @@ def grpo_s(
     counted = ~_skipped_groups(r, zero_variance)[:, None].expand(shaped.shape)
     adv = _normalize(shaped, counted, r > threshold, normalize, eps)
     return _finish(adv[..., None].expand(m.shape), m, batch_shape)
+
+
+# ---------------------------------------------------------------------------- entropy advantage
+
+
+def entropy_advantage(advantages, entropies, mask, *, alpha: float = 0.4, kappa: float = 2.0) -> torch.Tensor:
+    """Entropy-based advantage ("Reasoning with Exploration: An Entropy Perspective", arXiv 2506.14758):
+
+    ``A'[i,t] = A[i,t] + min(alpha * H[i,t], |A[i,t]| / kappa)`` at valid tokens, 0 elsewhere, with
+    ``H`` detached, on top of any base advantage (GRPO's in the paper). With ``kappa > 1`` the term
+    (``>= 0``) is smaller than ``|A|``: it never flips the sign of ``A``, and ``A = 0`` stays 0.
+    ``alpha = 0.4``, ``kappa = 2`` are the workbench's choice (no official code or stored source gives
+    the paper's). ``advantages``, ``entropies`` and ``mask`` share one shape; float32 out (float64 inside).
+    """
+    advantages = _checks.tensor("advantages", advantages, min_dim=1)
+    m = _checks.mask("mask", mask, advantages.shape).to(advantages.device)
+    entropies = _checks.tensor("entropies", entropies)
+    _checks.same_shape(("advantages", "entropies"), (advantages, entropies))
+    _checks.finite("advantages", advantages.detach(), where=m)
+    _checks.finite("entropies", entropies.detach(), where=m)
+    if bool(((entropies.detach() < 0) & m).any()):
+        raise ValueError("entropies must be >= 0 at valid positions (they are entropies in nats)")
+    _coefficients(alpha=alpha)
+    _checks.number("kappa", kappa)
+    if kappa <= 1:
+        raise ValueError(f"kappa must be > 1 (the clip |A| / kappa keeps the sign of A), got {kappa!r}")
+    zero = torch.zeros((), dtype=torch.float64, device=advantages.device)
+    a = torch.where(m, advantages.detach().double(), zero)
+    h = torch.where(m, entropies.detach().double(), zero)
+    shaped = a + torch.minimum(alpha * h, a.abs() / kappa)
+    return torch.where(m, shaped, zero).to(torch.float32)
+
+
+def grpo_entropy_advantage(
+    rewards,
+    entropies,
+    mask,
+    *,
+    alpha: float = 0.4,
+    kappa: float = 2.0,
+    scale: str = "group",
+    eps: float = EPS,
+) -> torch.Tensor:
+    """GRPO's advantages (:func:`grpo`) with :func:`entropy_advantage` on top: the ``entropy_adv``
+    algorithm. A group whose rewards are all equal keeps advantage 0."""
+    return entropy_advantage(grpo(rewards, mask, scale=scale, eps=eps), entropies, mask, alpha=alpha, kappa=kappa)
+
+
+# ---------------------------------------------------------------------------- surprisal
+
+
+def shaping_signal(entropies, logp_old, mask, *, signal: str = "entropy") -> torch.Tensor:
+    """The per-token signal an entropy-shaped advantage weights by (``Algorithm.entropy_signal``).
+
+    ``"entropy"``: ``entropies`` as given (the behaviour policy's full-distribution entropy);
+    ``"surprisal"``: ``-logp_old[i,t]``, the sampled token's surprisal under the behaviour policy,
+    what GTPO ports for inference APIs returning only sampled log-probs use (teilomillet/retrain,
+    textpolicy's Tinker port); detached, float32, 0 at masked positions and clamped at 0 (a
+    log-prob rounded just above 0). Either may be ``None`` when the signal does not need it.
+    """
+    _checks.choice("signal", signal, SIGNALS)
+    if signal == "entropy":
+        if entropies is None:
+            raise ValueError("signal='entropy' needs entropies (behaviour-policy entropies)")
+        return entropies
+    if logp_old is None:
+        raise ValueError("signal='surprisal' needs logp_old (the behaviour policy's sampled-token log-probs)")
+    logp_old = _checks.tensor("logp_old", logp_old, min_dim=1)
+    if not logp_old.is_floating_point():
+        raise TypeError(f"logp_old must be a floating tensor, got dtype {logp_old.dtype}")
+    m = _checks.mask("mask", mask, logp_old.shape).to(logp_old.device)
+    _checks.finite("logp_old", logp_old.detach(), where=m)
+    zero = torch.zeros((), dtype=torch.float32, device=logp_old.device)
+    return torch.where(m, (-logp_old.detach().float()).clamp(min=0), zero)
