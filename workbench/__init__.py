@@ -2,14 +2,24 @@
 
 The algorithm functions live in :mod:`workbench.advantages`, :mod:`workbench.losses`,
 :mod:`workbench.entropy` and :mod:`workbench.rewards`; :data:`ALGORITHMS` maps a name to an
-advantage function and its loss defaults.
+advantage function and its loss defaults. :mod:`workbench.exploration` holds pass@k.
 """
 
-from . import advantages, entropy, losses, rewards
-from .advantages import dapo, grpo, grpo_s, gtpo, shaped_rewards_grpo_s, shaped_rewards_gtpo
+from . import advantages, entropy, exploration, losses, rewards
+from .advantages import (
+    dapo,
+    entropy_advantage,
+    grpo,
+    grpo_s,
+    gtpo,
+    shaped_rewards_grpo_s,
+    shaped_rewards_gtpo,
+    shaping_signal,
+)
 from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register_algorithm
 from .entropy import token_stats, token_stats_from_model
-from .losses import policy_loss
+from .exploration import mean_pass_at_k, pass_at_k, pass_at_k_curve
+from .losses import LOSS_MODES, policy_loss, register_policy_loss, top_entropy_mask
 from .rewards import grop_penalty, overlong_penalty
 
 __version__ = "0.1.0"
@@ -35,6 +45,7 @@ def __getattr__(name):
 
 __all__ = [
     "ALGORITHMS",
+    "LOSS_MODES",
     "TrainConfig",
     "Trainer",
     "get_task",
@@ -45,18 +56,26 @@ __all__ = [
     "advantages",
     "dapo",
     "entropy",
+    "entropy_advantage",
+    "exploration",
     "get_algorithm",
     "grop_penalty",
     "grpo",
     "grpo_s",
     "gtpo",
     "losses",
+    "mean_pass_at_k",
     "overlong_penalty",
+    "pass_at_k",
+    "pass_at_k_curve",
     "policy_loss",
     "register_algorithm",
+    "register_policy_loss",
     "rewards",
     "shaped_rewards_gtpo",
     "shaped_rewards_grpo_s",
+    "shaping_signal",
     "token_stats",
     "token_stats_from_model",
+    "top_entropy_mask",
 ]
