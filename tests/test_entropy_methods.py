@@ -394,13 +394,21 @@ def test_forking_in_the_loss_multiplies_the_token_loss_and_keeps_the_denominator
     loss.backward()
     ratio = (lp - lo).exp()
     per_token = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.28))
-    assert float(loss) == pytest.approx(float((per_token * keep).sum() / m.sum()), abs=1e-6)  # all valid tokens count
+    assert float(loss.detach()) == pytest.approx(float((per_token * keep).sum() / m.sum()), abs=1e-6)  # all valid count
     unclipped = (ratio >= 0.8) & (ratio <= 1.28) & (a != 0)
     assert torch.all(new.grad[~keep] == 0) and torch.all(new.grad[keep & unclipped] != 0)
     assert metrics["top_entropy_kept_frac"] == pytest.approx(int(keep.sum()) / int(m.sum()))
-    # TRL's reading: rho in the call, on the current entropies of this call's tokens
-    in_call, metrics2 = policy_loss(lp, lo, a, m, eps_high=0.28, top_entropy_quantile=0.3, entropies=h)
-    assert torch.equal(in_call, loss.detach()) and metrics2["top_entropy_kept_frac"] == metrics["top_entropy_kept_frac"]
+    # rho in the call: over this call's tokens, of the behaviour entropies (default) or, as TRL, the current ones
+    noise = torch.rand(lp.shape)
+    for scope, tensors in (("mini_batch", {"entropies_old": h, "entropies": noise}), ("micro_batch", {"entropies": h})):
+        in_call, metrics2 = policy_loss(
+            lp, lo, a, m, eps_high=0.28, top_entropy_quantile=0.3, top_entropy_scope=scope, **tensors
+        )
+        assert torch.equal(in_call, loss.detach())
+        assert metrics2["top_entropy_kept_frac"] == metrics["top_entropy_kept_frac"]
+    # a given mask wins over rho
+    given_mask, _ = policy_loss(lp, lo, a, m, eps_high=0.28, top_entropy_quantile=0.3, top_entropy_keep=keep)
+    assert torch.equal(given_mask, loss.detach())
     # a mask computed over the whole mini-batch, micro-batch by micro-batch, adds up to the whole
     parts = [
         policy_loss(lp[s], lo[s], a[s], m[s], top_entropy_keep=keep[s], denominator=float(m.sum()))[0]
@@ -654,10 +662,12 @@ def test_loss_mode_errors_and_registry():
         policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h, entropies_old=h[:, :-1])
     with pytest.raises(ValueError, match="entropies_old must be >= 0"):
         policy_loss(lp, lo, a, m, loss_mode="erc", entropies=h, entropies_old=-h)
-    with pytest.raises(ValueError, match="top_entropy_quantile < 1 computes the forking mask from entropies"):
-        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2)
-    with pytest.raises(ValueError, match="not both"):
-        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2, top_entropy_keep=m, entropies=h)
+    with pytest.raises(ValueError, match="top_entropy_scope='mini_batch' needs top_entropy_keep .* or entropies_old"):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2, entropies=h)
+    with pytest.raises(ValueError, match="top_entropy_scope='micro_batch' needs top_entropy_keep .* or entropies "):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2, top_entropy_scope="micro_batch", entropies_old=h)
+    with pytest.raises(ValueError, match="top_entropy_scope must be one of"):
+        policy_loss(lp, lo, a, m, top_entropy_quantile=0.2, top_entropy_scope="batch", entropies_old=h)
     with pytest.raises(ValueError, match=r"top_entropy_quantile must be in \(0, 1\]"):
         policy_loss(lp, lo, a, m, top_entropy_quantile=1.5, entropies=h)
     with pytest.raises(ValueError, match="top_entropy_keep has shape"):
@@ -805,3 +815,137 @@ def test_shaping_signal():
         workbench.advantages.shaping_signal(h, None, m, signal="surprisal")
     with pytest.raises(ValueError, match="signal must be one of 'entropy', 'surprisal'"):
         workbench.advantages.shaping_signal(h, logp_old, m, signal="nll")
+
+
+# ---------------------------------------------------------------------------- the registry lines
+
+
+def spec_group():
+    from workbench.examples import spec_example
+
+    ex = spec_example()
+    return ex["rewards"], ex["entropies"], ex["mask"]
+
+
+def test_registry_lines_carry_each_papers_defaults():
+    A = workbench.ALGORITHMS
+    base = lambda a: (a.eps_low, a.eps_high, a.agg, a.level)  # noqa: E731
+    assert base(A["dapo_forking"]) == base(A["dapo"]) and A["dapo_forking"].dynamic_sampling
+    assert A["dapo_forking"].loss_kwargs() == {
+        **A["dapo"].loss_kwargs(),
+        "top_entropy_quantile": 0.2,
+        "top_entropy_scope": "mini_batch",
+    }
+    assert A["dapo_forking"].loss_tensors == ("top_entropy_keep",)
+    assert A["clip_cov"].loss_kwargs() == {
+        "eps_low": 0.2,
+        "eps_high": 0.2,
+        "agg": "token-mean",
+        "level": "token",
+        "loss_mode": "clip_cov",
+        "clip_cov_ratio": 2e-4,
+        "clip_cov_lb": 1.0,
+        "clip_cov_ub": 5.0,
+    }
+    assert A["clip_cov"].dynamic_sampling and not A["kl_cov"].dynamic_sampling  # as the paper's recipes
+    assert A["kl_cov"].loss_kwargs() == {
+        "eps_low": 0.2,
+        "eps_high": 0.2,
+        "agg": "token-mean",
+        "level": "token",
+        "loss_mode": "kl_cov",
+        "kl_cov_ratio": 0.002,
+        "ppo_kl_coef": 1.0,
+    }
+    assert A["erc"].loss_kwargs() == {
+        **A["dapo"].loss_kwargs(),
+        "loss_mode": "erc",
+        "erc_low": 0.95,
+        "erc_high": 1.05,
+        "clip_ratio_c": 3.0,
+    }
+    assert A["erc"].loss_tensors == ("entropies", "entropies_old") and A["erc"].dynamic_sampling
+    assert A["entropy_adv"].loss_kwargs() == A["grpo"].loss_kwargs() and A["entropy_adv"].uses_entropy
+    for name, plain in (("gtpo_surprisal", "gtpo"), ("grpo_s_surprisal", "grpo_s")):
+        assert A[name].entropy_signal == "surprisal" and A[plain].entropy_signal == "entropy"
+        assert A[name].loss_kwargs() == A[plain].loss_kwargs() and A[name].uses_entropy
+    for name in ("grpo", "dapo", "gtpo", "grpo_s"):  # the existing lines are unchanged
+        assert (A[name].loss_mode, A[name].top_entropy_quantile, A[name].clip_ratio_c) == ("vanilla", 1.0, None)
+        assert A[name].loss_tensors == ()
+
+
+def test_registry_advantages():
+    r, h, m = spec_group()
+    A = workbench.ALGORITHMS
+    grpo = workbench.grpo(r, m)
+    for name in ("clip_cov", "kl_cov"):
+        assert torch.equal(A[name].advantages(r, h, m), grpo)
+    for name in ("dapo_forking", "erc"):
+        assert torch.equal(A[name].advantages(r, h, m), workbench.dapo(r, m))
+    np.testing.assert_allclose(A["entropy_adv"].advantages(r, h, m).numpy(), SPEC_EXPECTED_ENTROPY_ADV, atol=1e-5)
+    assert not torch.equal(A["entropy_adv"].advantages(r, h, m, alpha=0.1), A["entropy_adv"].advantages(r, h, m))
+    # surprisal: the same formulas with entropies := -logp_old
+    logp_old = torch.where(m, -h * 0.7 - 0.1, torch.zeros(()))
+    assert torch.equal(A["gtpo_surprisal"].advantages(r, h, m, logp_old=logp_old), workbench.gtpo(r, -logp_old, m))
+    assert torch.equal(
+        A["grpo_s_surprisal"].advantages(r, None, m, logp_old=logp_old), workbench.grpo_s(r, -logp_old, m)
+    )
+    assert not torch.allclose(A["gtpo_surprisal"].advantages(r, h, m, logp_old=logp_old), workbench.gtpo(r, h, m))
+    with pytest.raises(ValueError, match="signal='surprisal' needs logp_old"):
+        A["gtpo_surprisal"].advantages(r, h, m)
+    assert torch.equal(A["gtpo"].advantages(r, h, m, logp_old=logp_old), workbench.gtpo(r, h, m))  # ignored
+
+
+def test_every_registry_line_runs_its_loss():
+    """policy_loss(**algorithm.loss_kwargs(), the tensors of loss_tensors) on one padded batch."""
+    lp, lo, a, m = padded_batch(seed=4, spread=0.3)
+    g = torch.Generator().manual_seed(4)
+    h_old = torch.rand(lp.shape, generator=g) * 2
+    h_new = h_old * (1 + (torch.rand(lp.shape, generator=g) - 0.5) * 0.2)
+    for name, algo in workbench.ALGORITHMS.items():
+        keep = algo.top_entropy_keep(h_old, m)
+        tensors = {"entropies": h_new, "entropies_old": h_old, "top_entropy_keep": keep}
+        loss, metrics = policy_loss(lp, lo, a, m, **algo.loss_kwargs(), **{k: tensors[k] for k in algo.loss_tensors})
+        assert math.isfinite(float(loss)), name
+        expected_metric = {"clip_cov": "clip_cov_frac", "kl_cov": "kl_cov_frac", "erc": "erc_kept_frac"}
+        if name in expected_metric:
+            assert expected_metric[name] in metrics
+    keep = workbench.ALGORITHMS["dapo_forking"].top_entropy_keep(h_old, m)
+    assert torch.equal(keep, workbench.losses.top_entropy_mask(h_old, m, 0.2))
+    assert workbench.ALGORITHMS["dapo"].top_entropy_keep(h_old, m) is None
+    direct, _ = policy_loss(lp, lo, a, m, loss_mode="kl_cov", kl_cov_ratio=0.002)
+    assert torch.equal(policy_loss(lp, lo, a, m, **workbench.ALGORITHMS["kl_cov"].loss_kwargs())[0], direct)
+
+
+def test_algorithm_validates_its_method_fields():
+    Algorithm, grpo = workbench.Algorithm, workbench.ALGORITHMS["grpo"].advantage_fn
+    with pytest.raises(ValueError, match="loss_mode must be one of"):
+        Algorithm("bad", grpo, loss_mode="cov")
+    with pytest.raises(ValueError, match="'kl_cov_ratio' is not an option of loss_mode 'clip_cov'; it takes: clip_cov"):
+        Algorithm("bad", grpo, loss_mode="clip_cov", loss_mode_kwargs={"kl_cov_ratio": 0.1})
+    with pytest.raises(ValueError, match="clip_cov_lb must be < clip_cov_ub"):
+        Algorithm("bad", grpo, loss_mode="clip_cov", loss_mode_kwargs={"clip_cov_lb": 6.0})
+    with pytest.raises(ValueError, match="algorithm 'bad': loss_mode='kl_cov' has no ratio clip"):
+        Algorithm("bad", grpo, loss_mode="kl_cov", clip_ratio_c=3.0)
+    with pytest.raises(ValueError, match="level='sequence'"):
+        Algorithm("bad", grpo, level="sequence", top_entropy_quantile=0.2)
+    with pytest.raises(ValueError, match=r"top_entropy_quantile must be in \(0, 1\]"):
+        Algorithm("bad", grpo, top_entropy_quantile=0.0)
+    with pytest.raises(ValueError, match="top_entropy_scope must be one of 'mini_batch', 'micro_batch'"):
+        Algorithm("bad", grpo, top_entropy_quantile=0.2, top_entropy_scope="batch")
+    with pytest.raises(ValueError, match="entropy_signal must be one of 'entropy', 'surprisal'"):
+        Algorithm("bad", grpo, entropy_signal="nll")
+    trl = workbench.ALGORITHMS["dapo_forking"].replace(top_entropy_scope="micro_batch")
+    assert trl.loss_tensors == ("entropies",) and trl.top_entropy_keep(torch.ones(1, 2), torch.ones(1, 2)) is None
+
+
+def test_configs_of_the_new_algorithms_resolve():
+    from workbench.config import TrainConfig
+
+    erc = TrainConfig(algorithm="erc").resolved_algorithm()
+    assert (erc.loss_mode, erc.clip_ratio_c, erc.loss_mode_kwargs["erc_high"]) == ("erc", 3.0, 1.05)
+    assert TrainConfig(algorithm="dapo_forking").resolved_algorithm().top_entropy_quantile == 0.2
+    TrainConfig(algorithm="gtpo_surprisal", advantage_kwargs={"alpha2": 0.2})
+    TrainConfig(algorithm="entropy_adv", advantage_kwargs={"alpha": 0.2, "kappa": 3.0})
+    with pytest.raises(ValueError, match="kappa must be > 1"):
+        TrainConfig(algorithm="entropy_adv", advantage_kwargs={"kappa": 1.0})

@@ -5,7 +5,33 @@ Adding a variant is one function and one ``register_algorithm`` line::
     register_algorithm(Algorithm("gtpo_strong", partial(advantages.gtpo, alpha2=0.3), ...))
 
 Every advantage function is called as ``fn(rewards, entropies, mask, **kwargs)``: unlike TRL
-and verl, the behaviour-policy entropies always reach it (GRPO and DAPO ignore them).
+and verl, the behaviour-policy entropies always reach it (GRPO and DAPO ignore them). With
+``entropy_signal="surprisal"`` the ``entropies`` it gets are ``-logp_old`` instead.
+
+The entropy-method family (``entropy-methods.md``) is registered beside GTPO and GRPO-S, each with
+its paper's defaults; where a reading had to be chosen it is said here:
+
+- ``dapo_forking``: DAPO trained on the forking tokens only, ``top_entropy_quantile = 0.2``
+  (arXiv 2506.01939). The threshold runs over the optimizer step's mini-batch with the behaviour
+  entropies (``top_entropy_scope="mini_batch"``); ``"micro_batch"`` is TRL's reading (each loss
+  call, the current policy's entropies).
+- ``clip_cov``: Clip-Cov (arXiv 2505.22617) with GRPO's advantages, token-mean, verl's and the
+  paper's recipe's ``clip_cov_ratio = 2e-4``, bounds ``(1, 5)``, and dynamic sampling on (the
+  recipe's ``filter_groups``). The recipe sets ``clip_ratio_low = clip_ratio_high = 1`` (ratio
+  clipped to ``[0, 2]``); the workbench's loss needs ``eps_low < 1``, so GRPO's ``0.2 / 0.2``
+  stays (``replace(eps_low=..., eps_high=1.0)`` to come closer).
+- ``kl_cov``: KL-Cov with GRPO's advantages, token-mean, the paper's 7B recipe
+  ``kl_cov_ratio = 0.002`` (its ``k_percent = 0.2``; 32B and verl's default: ``2e-4``),
+  ``ppo_kl_coef = 1``, no dynamic sampling (as that recipe).
+- ``entropy_adv``: GRPO's advantages plus the clipped entropy term of arXiv 2506.14758, with the
+  workbench's ``alpha = 0.4``, ``kappa = 2`` (no official values); GRPO's loss.
+- ``erc``: DAPO with entropy ratio clipping (arXiv 2512.05591), ``erc_low = 0.95``,
+  ``erc_high = 1.05``, and the reference's dual clip ``clip_ratio_c = 3``.
+- ``gtpo_surprisal``, ``grpo_s_surprisal``: GTPO and GRPO-S weighting by the sampled token's
+  surprisal ``-logp_old`` instead of the entropy (what API-bound ports do).
+
+On-policy (one update per batch) KL-Cov and ERC change nothing (``|logp - logp_old| = 0``, entropy
+ratio 1): compare them with several mini-batches or epochs per batch, for every method.
 """
 
 from __future__ import annotations
@@ -20,9 +46,21 @@ import torch
 
 from . import _checks
 from . import advantages as adv
-from .losses import AGGREGATIONS, LEVELS
+from .losses import (
+    AGGREGATIONS,
+    LEVELS,
+    LOSS_MODES,
+    MODE_OPTIONS,
+    TOP_ENTROPY_SCOPES,
+    check_loss_mode_options,
+    policy_loss,
+)
+from .losses import top_entropy_mask as _top_entropy_mask
 
 __all__ = ["Algorithm", "ALGORITHMS", "register_algorithm", "get_algorithm"]
+
+#: policy_loss's defaults of the loss-mode options (verl's), read from its signature.
+_MODE_DEFAULTS = {k: p.default for k, p in inspect.signature(policy_loss).parameters.items() if k in MODE_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -38,8 +76,18 @@ class Algorithm:
         dynamic_sampling: drop groups whose rewards are all equal and sample more (DAPO).
         overlong_shaping: add DAPO's soft overlong penalty to the rewards.
         beta_kl: default weight of the KL penalty to a reference model (0: no reference).
-        uses_entropy: whether the advantages depend on the entropies.
+        uses_entropy: whether the advantages depend on the entropies (or their surprisal stand-in).
         description: one line for tables and widgets.
+        advantage_kwargs: keyword arguments of ``advantage_fn``.
+        loss_mode: a name of :data:`workbench.losses.LOSS_MODES` (``"vanilla"``: PPO's clipped loss).
+        loss_mode_kwargs: the mode's options (e.g. ``{"kl_cov_ratio": 0.002}``); the rest keep
+            :func:`~workbench.losses.policy_loss`'s defaults.
+        clip_ratio_c: verl's dual clip of the loss (``None``: off; ERC's reference uses 3).
+        top_entropy_quantile: the fraction ``rho`` of forking tokens trained on (1: all).
+        top_entropy_scope: the set the forking threshold runs over: ``"mini_batch"`` (the optimizer
+            step's rows, behaviour entropies; :meth:`top_entropy_keep`) or ``"micro_batch"`` (each
+            loss call, current entropies: TRL).
+        entropy_signal: ``"entropy"`` or ``"surprisal"`` (``-logp_old``): what the advantages weight by.
     """
 
     name: str
@@ -54,15 +102,44 @@ class Algorithm:
     uses_entropy: bool = False
     description: str = ""
     advantage_kwargs: dict = field(default_factory=dict)
+    loss_mode: str = "vanilla"
+    loss_mode_kwargs: dict = field(default_factory=dict)
+    clip_ratio_c: float | None = None
+    top_entropy_quantile: float = 1.0
+    top_entropy_scope: str = "mini_batch"
+    entropy_signal: str = "entropy"
 
     def __post_init__(self):
         _checks.choice("agg", self.agg, AGGREGATIONS)
         _checks.choice("level", self.level, LEVELS)
         if not callable(self.advantage_fn):
             raise TypeError(f"advantage_fn of {self.name!r} must be callable")
+        _checks.choice("entropy_signal", self.entropy_signal, adv.SIGNALS)
+        _checks.choice("top_entropy_scope", self.top_entropy_scope, TOP_ENTROPY_SCOPES)
+        _checks.choice("loss_mode", self.loss_mode, LOSS_MODES)
+        accepted = LOSS_MODES[self.loss_mode].options
+        for name in self.loss_mode_kwargs:
+            if name not in accepted:
+                raise ValueError(
+                    f"loss_mode_kwargs: {name!r} is not an option of loss_mode {self.loss_mode!r}; "
+                    f"it takes: {', '.join(accepted) or 'none'}"
+                )
+        check_loss_mode_options({**_MODE_DEFAULTS, **self.loss_mode_kwargs})
+        try:  # the loss's own checks (clip_ratio_c, top_entropy_quantile, level), on a toy batch
+            ones = torch.ones(1, 2)
+            toy = {"entropies": ones, "entropies_old": ones, "top_entropy_keep": ones.bool()}
+            tensors = {k: toy[k] for k in self.loss_tensors if k in ("entropies", "entropies_old", "top_entropy_keep")}
+            policy_loss(-ones, -ones, ones, ones.bool(), **self.loss_kwargs(), **tensors)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"algorithm {self.name!r}: {e}") from None
 
-    def advantages(self, rewards, entropies, mask, **kwargs) -> torch.Tensor:
-        """Advantages ``[..., n, T]`` with this algorithm's defaults, overridable by ``kwargs``."""
+    def advantages(self, rewards, entropies, mask, *, logp_old=None, **kwargs) -> torch.Tensor:
+        """Advantages ``[..., n, T]`` with this algorithm's defaults, overridable by ``kwargs``.
+
+        ``logp_old`` (the behaviour policy's sampled-token log-probs): needed, and used in place of
+        ``entropies``, when :attr:`entropy_signal` is ``"surprisal"``; ignored otherwise."""
+        if self.entropy_signal != "entropy":
+            entropies = adv.shaping_signal(entropies, logp_old, mask, signal=self.entropy_signal)
         return self.advantage_fn(rewards, entropies, mask, **{**self.advantage_kwargs, **kwargs})
 
     def check_advantage_kwargs(self, kwargs: dict) -> None:
@@ -80,13 +157,45 @@ class Algorithm:
                     )
         rewards, mask = torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, 2, dtype=torch.bool)
         try:
-            self.advantages(rewards, torch.full((1, 2, 2), 0.5), mask, **kwargs)
+            self.advantages(rewards, torch.full((1, 2, 2), 0.5), mask, logp_old=torch.full((1, 2, 2), -0.5), **kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"advantage_kwargs: {e}") from None
 
     def loss_kwargs(self) -> dict:
-        """Keyword arguments of :func:`workbench.losses.policy_loss` for this algorithm."""
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high, "agg": self.agg, "level": self.level}
+        """Keyword arguments of :func:`workbench.losses.policy_loss` for this algorithm.
+
+        Always ``eps_low``, ``eps_high``, ``agg``, ``level``; then, where they differ from the plain
+        loss: ``loss_mode`` with all its options (defaults filled in), ``clip_ratio_c``, and
+        ``top_entropy_quantile`` with ``top_entropy_scope``. The tensors the loss then needs are
+        named by :attr:`loss_tensors`."""
+        kwargs = {"eps_low": self.eps_low, "eps_high": self.eps_high, "agg": self.agg, "level": self.level}
+        if self.loss_mode != "vanilla":
+            options = {k: _MODE_DEFAULTS[k] for k in LOSS_MODES[self.loss_mode].options}
+            kwargs.update(loss_mode=self.loss_mode, **{**options, **self.loss_mode_kwargs})
+        if self.clip_ratio_c is not None:
+            kwargs["clip_ratio_c"] = self.clip_ratio_c
+        if self.top_entropy_quantile < 1:
+            kwargs.update(top_entropy_quantile=self.top_entropy_quantile, top_entropy_scope=self.top_entropy_scope)
+        return kwargs
+
+    @property
+    def loss_tensors(self) -> tuple[str, ...]:
+        """The tensors :func:`~workbench.losses.policy_loss` needs beyond the plain loss's:
+        ``"entropies"`` (current policy, this forward), ``"entropies_old"`` (behaviour policy),
+        ``"top_entropy_keep"`` (:meth:`top_entropy_keep` of the optimizer step's rows, cut to each
+        micro-batch; ``entropies_old`` does instead when one loss call covers the whole step)."""
+        needs = list(LOSS_MODES[self.loss_mode].needs)
+        if self.top_entropy_quantile < 1:
+            needs.append("entropies" if self.top_entropy_scope == "micro_batch" else "top_entropy_keep")
+        return tuple(dict.fromkeys(needs))
+
+    def top_entropy_keep(self, entropies_old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """The forking-token mask of one optimizer step's rows (``top_entropy_scope="mini_batch"``):
+        :func:`~workbench.losses.top_entropy_mask` of the behaviour entropies; ``None`` when off or
+        when each loss call computes its own (``"micro_batch"``)."""
+        if self.top_entropy_quantile == 1 or self.top_entropy_scope != "mini_batch":
+            return None
+        return _top_entropy_mask(entropies_old, mask, self.top_entropy_quantile)
 
     def replace(self, **changes) -> Algorithm:
         return dataclasses.replace(self, **changes)
@@ -207,5 +316,79 @@ register_algorithm(
         uses_entropy=True,
         **_DAPO_LOSS,
         description="GRPO-S advantages with the token-level loss (comparison variant)",
+    )
+)
+
+
+# ---------------------------------------------------------------------------- the entropy-method family
+# (readings: see the module docstring)
+
+register_algorithm(
+    Algorithm(
+        "dapo_forking",
+        _ignore_entropies(adv.dapo),
+        top_entropy_quantile=0.2,
+        **_DAPO_LOSS,
+        description="DAPO on the top-20% entropy (forking) tokens only (arXiv 2506.01939)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "clip_cov",
+        _ignore_entropies(adv.grpo),
+        dynamic_sampling=True,
+        loss_mode="clip_cov",
+        loss_mode_kwargs={"clip_cov_ratio": 2e-4, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0},
+        description="Clip-Cov: GRPO, a few high-covariance tokens detached (arXiv 2505.22617)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "kl_cov",
+        _ignore_entropies(adv.grpo),
+        loss_mode="kl_cov",
+        loss_mode_kwargs={"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0},
+        description="KL-Cov: GRPO, |logp - logp_old| on the highest-covariance tokens (arXiv 2505.22617)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "entropy_adv",
+        adv.grpo_entropy_advantage,
+        agg="seq-mean-token-mean",
+        uses_entropy=True,
+        description="GRPO + min(alpha H, |A| / kappa) on every token (arXiv 2506.14758)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "erc",
+        _ignore_entropies(adv.dapo),
+        **_DAPO_LOSS,
+        loss_mode="erc",
+        loss_mode_kwargs={"erc_low": 0.95, "erc_high": 1.05},
+        clip_ratio_c=3.0,
+        description="DAPO + entropy ratio clipping: gradient only where H_new / H_old is near 1 (arXiv 2512.05591)",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "gtpo_surprisal",
+        adv.gtpo,
+        uses_entropy=True,
+        entropy_signal="surprisal",
+        **_DAPO_LOSS,
+        description="GTPO weighting by the sampled token's surprisal -logp_old instead of the entropy",
+    )
+)
+register_algorithm(
+    Algorithm(
+        "grpo_s_surprisal",
+        adv.grpo_s,
+        uses_entropy=True,
+        level="sequence",
+        entropy_signal="surprisal",
+        **_DAPO_LOSS,
+        description="GRPO-S weighting by the mean surprisal -logp_old instead of the mean entropy",
     )
 )

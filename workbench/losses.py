@@ -60,6 +60,9 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-
 LEVELS = ("token", "sequence")
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: keeps a wild ratio finite; irrelevant in normal ranges
 ENTROPY_RATIO_EPS = 1e-8  # ERC's (H_new + 1e-8) / (H_old + 1e-8), as in Kwai-Klear/ERC
+#: The set the forking threshold runs over: the optimizer step's rows with the behaviour entropies
+#: (the workbench's default), or each loss call with the current policy's (TRL).
+TOP_ENTROPY_SCOPES = ("mini_batch", "micro_batch")
 #: The keyword arguments of :func:`policy_loss` that loss modes read (``TokenTerms.options``).
 MODE_OPTIONS = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef", "erc_low", "erc_high")
 _TENSOR_ROLES = {
@@ -73,6 +76,8 @@ __all__ = [
     "AGGREGATIONS",
     "LEVELS",
     "LOSS_MODES",
+    "MODE_OPTIONS",
+    "TOP_ENTROPY_SCOPES",
     "LossMode",
     "ModeOutput",
     "TokenTerms",
@@ -499,17 +504,15 @@ def _check_method_inputs(args: dict, m: torch.Tensor) -> None:
             _checks.finite(name, args[name].detach(), where=m)
             if mode == "erc" and bool(((args[name].detach() < 0) & m).any()):
                 raise ValueError(f"{name} must be >= 0 at valid positions (they are entropies in nats)")
+    _checks.choice("top_entropy_scope", args["top_entropy_scope"], TOP_ENTROPY_SCOPES)
+    source = "entropies_old" if args["top_entropy_scope"] == "mini_batch" else "entropies"
     if keep is not None:
         _checks.mask("top_entropy_keep", keep, args["logp_new"].shape)
-        if rho < 1:
-            raise ValueError(
-                "pass either top_entropy_quantile < 1 (the mask computed in this call) or top_entropy_keep "
-                "(computed over a larger set with top_entropy_mask), not both"
-            )
-    elif rho < 1 and args["entropies"] is None:
+    elif rho < 1 and args[source] is None:
         raise ValueError(
-            "top_entropy_quantile < 1 computes the forking mask from entropies (current policy, this call's "
-            "tokens, as TRL): pass entropies, or top_entropy_keep computed with top_entropy_mask"
+            f"top_entropy_quantile < 1 with top_entropy_scope={args['top_entropy_scope']!r} needs top_entropy_keep "
+            f"(top_entropy_mask over the optimizer step's rows) or {source} ({_TENSOR_ROLES[source]}; the set "
+            "is then this call's tokens)"
         )
     if args["generator"] is not None and not isinstance(args["generator"], torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(args['generator']).__name__}")
@@ -542,6 +545,7 @@ def policy_loss(
     erc_low: float = 0.95,
     erc_high: float = 1.05,
     top_entropy_quantile: float = 1.0,
+    top_entropy_scope: str = "mini_batch",
     top_entropy_keep: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -551,23 +555,25 @@ def policy_loss(
     advantage of a response is the mean of ``advantages`` over its valid tokens (GRPO-S
     broadcasts one value per response) and ``agg`` applies only to the KL and entropy terms.
     ``clip_ratio_c``: verl's dual clip (``None``: off). ``norm_len``: the constant length of
-    ``agg="seq-mean-token-sum-norm"``. The entropy term is aggregated with ``agg`` (as verl does;
-    TRL averages it over tokens whatever the loss type). ``entropies``: the current policy's, with
-    gradient (the bonus; ERC's numerator); ``entropies_old``: the behaviour policy's (detached).
+    ``agg="seq-mean-token-sum-norm"``. The entropy term is aggregated with ``agg`` (as verl; TRL
+    averages it over tokens). ``entropies``: the current policy's, with gradient; ``entropies_old``:
+    the behaviour policy's (detached).
 
     ``loss_mode``: a name of :data:`LOSS_MODES` (``"vanilla"``, ``"clip_cov"``, ``"kl_cov"``, ``"erc"``)
     with its options (``clip_cov_*``, ``kl_cov_ratio``, ``ppo_kl_coef``, ``erc_*``; verl's defaults);
     its statistics run over this call's valid tokens; ``generator`` makes Clip-Cov's draw
-    reproducible. Forking tokens: ``top_entropy_keep`` (a bool mask, e.g. :func:`top_entropy_mask`
-    of the behaviour entropies over the whole mini-batch) or ``top_entropy_quantile < 1`` (the mask
-    of the current ``entropies`` over this call, as TRL) multiply the per-token loss.
+    reproducible. Forking tokens multiply the per-token loss by ``top_entropy_keep`` when given
+    (:func:`top_entropy_mask` over the optimizer step's rows, cut to this micro-batch); else, with
+    ``top_entropy_quantile < 1``, by the mask over this call's tokens of ``entropies_old``
+    (``top_entropy_scope="mini_batch"``: right when the call is the whole mini-batch) or of the
+    current ``entropies`` (``"micro_batch"``: TRL).
 
-    ``metrics`` (floats): ``policy_loss``, ``clip_frac_low`` (ratio below ``1 - eps_low``
-    with negative advantage), ``clip_frac_high`` (above ``1 + eps_high`` with positive
-    advantage), ``clip_frac``, ``clip_frac_dual`` (losses capped by the dual clip; with
-    ``clip_ratio_c`` only), ``ratio_mean``, ``approx_kl`` (k3 of the new policy from the old
-    one), ``kl_ref`` / ``entropy`` when those terms are given, the mode's own (``clip_cov_frac``,
-    ``kl_cov_frac``, ``erc_kept_frac``) and ``top_entropy_kept_frac`` with the forking mask.
+    ``metrics`` (floats): ``policy_loss``, ``clip_frac_low`` (ratio below ``1 - eps_low`` with
+    negative advantage), ``clip_frac_high`` (above ``1 + eps_high`` with positive advantage),
+    ``clip_frac``, ``clip_frac_dual`` (capped by the dual clip; with ``clip_ratio_c`` only),
+    ``ratio_mean``, ``approx_kl`` (k3 of the new policy from the old one), ``kl_ref`` / ``entropy``
+    when given, the mode's (``clip_cov_frac``, ``kl_cov_frac``, ``erc_kept_frac``) and
+    ``top_entropy_kept_frac`` with the forking mask.
     """
     args = dict(locals())  # every argument, checked together
     m = _check_inputs(args)
@@ -581,18 +587,26 @@ def policy_loss(
         policy, low, high, dual, extra = _token_policy(args, m, ratio, log_ratio, adv)
         n_items = w.sum()
     else:
-        n_tok = w.sum(-1)
-        weight = (ratio * w).sum(-1) / n_tok
-        seq_adv = (adv * w).sum(-1) / n_tok
-        per_seq, low, high, dual = _clipped(weight, seq_adv, eps_low, eps_high, clip_ratio_c)
-        policy = per_seq.sum() / (denominator if denominator is not None else per_seq.shape[0])
-        n_items, extra = torch.tensor(float(per_seq.shape[0])), {}
+        policy, low, high, dual, n_items = _sequence_policy(args, w, ratio, adv)
+        extra = {}
     metrics = {**_clip_metrics(policy, low, high, dual, n_items, ratio, log_ratio, w, clip_ratio_c), **extra}
     loss = policy
     for term in _regularisers(args, m, metrics):
         loss = loss + term
     metrics["loss"] = float(loss.detach())
     return loss, metrics
+
+
+def _sequence_policy(args: dict, w, ratio, adv):
+    """GRPO-S's sequence-level term: ``w_i = mean_t rho[i,t]``, ``-(1/G) sum_i min(w_i A_i, clip(w_i) A_i)``;
+    with the clip indicators per response and the number of responses."""
+    n_tok = w.sum(-1)
+    weight = (ratio * w).sum(-1) / n_tok
+    seq_adv = (adv * w).sum(-1) / n_tok
+    per_seq, low, high, dual = _clipped(weight, seq_adv, args["eps_low"], args["eps_high"], args["clip_ratio_c"])
+    denominator = args["denominator"]
+    policy = per_seq.sum() / (denominator if denominator is not None else per_seq.shape[0])
+    return policy, low, high, dual, torch.tensor(float(per_seq.shape[0]))
 
 
 def _token_policy(args: dict, m, ratio, log_ratio, adv):
@@ -627,7 +641,8 @@ def _forking_keep(args: dict, m: torch.Tensor) -> torch.Tensor | None:
     if args["top_entropy_keep"] is not None:
         return _checks.mask("top_entropy_keep", args["top_entropy_keep"], m.shape).to(m.device) & m
     if args["top_entropy_quantile"] < 1:
-        return top_entropy_mask(args["entropies"].detach(), m, args["top_entropy_quantile"])
+        source = "entropies_old" if args["top_entropy_scope"] == "mini_batch" else "entropies"
+        return top_entropy_mask(args[source].detach(), m, args["top_entropy_quantile"])
     return None
 
 
