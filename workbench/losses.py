@@ -145,10 +145,12 @@ def top_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, rho: float) ->
     entropy, every token tied with the threshold included. ``rho = 1`` keeps every valid token;
     no valid token gives an all-false mask. Returns bool, the shape of ``entropies``.
     """
-    thr = top_entropy_threshold(entropies, mask, rho)
+    values = _valid_values(entropies, mask)
+    _check_rho("rho", rho)
     m = _checks.mask("mask", mask, entropies.shape).to(entropies.device)
-    if rho == 1:
+    if rho == 1 or values.numel() == 0:  # all valid tokens (none)
         return m.clone()
+    thr = _quantile_linear(values, 1.0 - rho)
     return (entropies.detach().to(thr.dtype) >= thr) & m
 
 
