@@ -128,7 +128,7 @@ class Algorithm:
         try:  # the loss's own checks (clip_ratio_c, top_entropy_quantile, level), on a toy batch
             ones = torch.ones(1, 2)
             toy = {"entropies": ones, "entropies_old": ones, "top_entropy_keep": ones.bool()}
-            tensors = {k: toy[k] for k in self.loss_tensors if k in ("entropies", "entropies_old", "top_entropy_keep")}
+            tensors = {k: toy[k] for k in self.loss_tensors}
             policy_loss(-ones, -ones, ones, ones.bool(), **self.loss_kwargs(), **tensors)
         except (TypeError, ValueError) as e:
             raise ValueError(f"algorithm {self.name!r}: {e}") from None
