@@ -1,14 +1,18 @@
 """gtpo-workbench: GRPO, DAPO, GTPO and GRPO-S (arXiv 2508.04349) for study and training.
 
-The algorithm functions live in :mod:`workbench.advantages`, :mod:`workbench.losses`,
-:mod:`workbench.entropy` and :mod:`workbench.rewards`; :data:`ALGORITHMS` maps a name to an
-advantage function and its loss defaults.
+The papers' formulas sit at the top: :mod:`workbench.advantages`, :mod:`workbench.losses`,
+:mod:`workbench.entropy` and :mod:`workbench.rewards`, with :data:`ALGORITHMS` (a name -> an
+advantage function and its loss defaults). The machinery lives in wings: :mod:`workbench.training`
+(the trainer), :mod:`workbench.models` (loading, sampling, token statistics of a model),
+:mod:`workbench.analysis` (studies, records, real-model measurements), :mod:`workbench.tasks`,
+:mod:`workbench.viz` and :mod:`workbench.integrations`; :mod:`workbench.runs` is the run
+directory that training writes and analysis and figures read.
 """
 
 from . import advantages, entropy, losses, rewards
 from .advantages import dapo, grpo, grpo_s, gtpo, shaped_rewards_grpo_s, shaped_rewards_gtpo
 from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register_algorithm
-from .entropy import token_stats, token_stats_from_model
+from .entropy import token_stats
 from .losses import policy_loss
 from .rewards import grop_penalty, overlong_penalty
 
@@ -16,12 +20,13 @@ __version__ = "0.1.0"
 
 # Training, tasks and runs pull in transformers and accelerate: imported on first use.
 _LAZY = {
-    "train": "trainer",
-    "resume": "trainer",
-    "Trainer": "trainer",
-    "TrainConfig": "config",
+    "train": "training",
+    "resume": "training",
+    "Trainer": "training",
+    "TrainConfig": "training",
     "load_run": "runs",
     "get_task": "tasks",
+    "token_stats_from_model": "models",
 }
 
 

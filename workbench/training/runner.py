@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .entropy import token_stats_from_model
-from .generation import Generated, format_prompts, generate
+from ..models.generation import Generated, format_prompts, generate
+from ..models.scoring import token_stats_from_model
 from .rollout import Batch, Group, collate
 
 __all__ = ["ModelRunner"]
@@ -42,7 +42,7 @@ class ModelRunner:
     def token_stats(self, model, input_ids, attention_mask, response_mask, *, grad: bool, group_size: int = 1):
         """``(log-probs, entropies)`` ``[B, T]`` of the response tokens at the sampling temperature.
         ``group_size``: rows in consecutive groups sharing a prompt, computed once per group where
-        :func:`~workbench.entropy.token_stats_from_model` can. Under FSDP the LM-head weight is
+        :func:`~workbench.models.scoring.token_stats_from_model` can. Under FSDP the LM-head weight is
         sharded outside the model's forward, so the statistics come from the model's own logits
         (only the response positions' are computed; every row's prompt is computed)."""
         kwargs = {"temperature": self.config.temperature, "method": "logits" if self.fsdp else "auto"}
