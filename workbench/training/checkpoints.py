@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from .. import runs
 from .._files import atomic_write_text, sha256, temporary_name
 from ..models.pretrained import quiet_hub_bars
-from . import distributed as dist
+from . import distributed
 
 __all__ = [
     "save_checkpoint",
@@ -187,7 +187,7 @@ def save_training(
     unwrapped, model_state, optim_state = extract_model_from_parallel(model), None, None
     if fsdp:  # full (unsharded) weights and optimizer state, on the main process's CPU
         tied = TIED_KEYS if getattr(unwrapped.config, "tie_word_embeddings", False) else ()
-        model_state, optim_state = dist.full_state(model, optimizer, tied)
+        model_state, optim_state = distributed.full_state(model, optimizer, tied)
     if not is_main:
         return None
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -223,7 +223,7 @@ def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dic
         return None
     ckpt, weights, state, meta = found
     if fsdp:  # every process reads the full state and keeps its shards
-        missing, unexpected = dist.load_full_state(model, optimizer, weights, state["optimizer"])
+        missing, unexpected = distributed.load_full_state(model, optimizer, weights, state["optimizer"])
     else:
         missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - TIED_KEYS:

@@ -68,11 +68,11 @@ class ModelRunner:
         """``(entropy sum, token count)`` of ``groups``, from no-grad passes over at most
         ``prompts_per_step`` groups each (under FSDP, whose forwards are collective, every process
         runs as many passes as the busiest one, a stand-in group at zero weight filling in)."""
-        from . import distributed as dist
+        from . import distributed
 
         size = self.config.prompts_per_step
         chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
-        passes = int(dist.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
+        passes = int(distributed.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
         total, tokens = 0.0, 0.0
         for i in range(passes):
             b = collate(
