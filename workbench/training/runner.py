@@ -11,6 +11,7 @@ import torch
 
 from ..models.generation import Generated, format_prompts, generate
 from ..models.scoring import token_stats_from_model
+from . import distributed
 from .rollout import Batch, Group, collate
 
 __all__ = ["ModelRunner"]
@@ -68,8 +69,6 @@ class ModelRunner:
         """``(entropy sum, token count)`` of ``groups``, from no-grad passes over at most
         ``prompts_per_step`` groups each (under FSDP, whose forwards are collective, every process
         runs as many passes as the busiest one, a stand-in group at zero weight filling in)."""
-        from . import distributed
-
         size = self.config.prompts_per_step
         chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
         passes = int(distributed.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
