@@ -65,7 +65,7 @@ if [ "$MODE" != dry ]; then
 fi
 
 HAVE_SMOLLM2=yes
-if [ "$MODE" != dry ] && ! "$PY" -c "from workbench.pretrained import named_model_file as f; f('smollm2-135m-instruct')" \
+if [ "$MODE" != dry ] && ! "$PY" -c "from workbench.models.pretrained import named_model_file as f; f('smollm2-135m-instruct')" \
         >/dev/null 2>"$WORK/smollm2.err"; then
     HAVE_SMOLLM2="no: $(tail -1 "$WORK/smollm2.err")"
 fi

@@ -3,7 +3,7 @@
     python benchmarks/kernel_resources.py               # sm_80 (A100) and sm_90 (H100)
     python benchmarks/kernel_resources.py --arch 90
 
-Compiles ``workbench.triton_stats``' forward and backward kernels ahead of time with Triton's
+Compiles ``workbench.models.triton_stats``' forward and backward kernels ahead of time with Triton's
 bundled ``ptxas`` for each target architecture and logits dtype, and prints what each compiled
 kernel uses per thread (registers, local memory: bytes spilled from registers, stack) and per
 block (shared memory, warps). It proves the kernels compile for those GPUs and shows whether
@@ -24,7 +24,7 @@ DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def _variants(dtype: str):
     """(kernel name, signature, constexprs) of every specialisation the workbench launches."""
-    from workbench import triton_stats as ts
+    from workbench.models import triton_stats as ts
 
     t = DTYPES[dtype]
     block = 4096  # ts._block(V) for every vocabulary of 4096 tokens or more

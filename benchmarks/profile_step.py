@@ -6,7 +6,7 @@
 One step is reproduced with the library calls the trainer makes, each phase timed alone (median
 over ``--repeats`` after a warm-up; the weights do not change, AdamW runs with lr 0):
 
-  rollout.prefill    each prompt through the model once (workbench.generation's shared prefill,
+  rollout.prefill    each prompt through the model once (workbench.models.generation's shared prefill,
                      which fills the KV cache and computes no prompt logits)
   rollout.decode     model.generate from that cache: ``n`` sampled replies per prompt
   rewards            task.reward of every reply
@@ -57,8 +57,8 @@ def timed(fn, device):
 
 
 def load(name: str, device: str):
-    from workbench.config import DEFAULT_INIT
-    from workbench.models import load_model
+    from workbench.models.load import load_model
+    from workbench.training.config import DEFAULT_INIT
 
     model, tokenizer = load_model(DEFAULT_INIT if name == "default" else name)
     return model.to(device), tokenizer
@@ -87,8 +87,8 @@ class VocabRows(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def profile(args) -> dict:
-    from workbench import generation
     from workbench.algorithms import get_algorithm
+    from workbench.models import generation
     from workbench.tasks import get_task
 
     device = torch.device(args.device)
@@ -130,7 +130,7 @@ def profile(args) -> dict:
 
 def one_step(*, model, tokenizer, task, algo, examples, texts, n, T, device, optimizer, seed, record):
     """Time each phase of one step; ``record``: also find the largest vocab-wide tensor of the update."""
-    from workbench import generation
+    from workbench.models import generation
 
     temp = 1.0
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -201,8 +201,8 @@ def update_phases(model, algo, batch: dict, *, group_size: int):
     """Time the update's forward (token statistics with gradients, each group's prompt computed
     once when ``group_size`` is the group size), its loss and its backward; return the times and
     the log-probabilities (detached)."""
-    from workbench.entropy import token_stats_from_model
     from workbench.losses import policy_loss
+    from workbench.models.scoring import token_stats_from_model
 
     ids, mask, n, device = batch["ids"], batch["mask"], batch["n"], batch["ids"].device
     Tm = mask.shape[1]
@@ -232,7 +232,7 @@ def update_phases(model, algo, batch: dict, *, group_size: int):
 
 
 def trainer_step_and_eval(args) -> dict:
-    from workbench.trainer import Trainer
+    from workbench.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         config = dict(

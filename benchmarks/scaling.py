@@ -76,8 +76,8 @@ GRIDS = {
 
 def build_model_dir(sizes: dict, root: Path) -> Path:
     """A random Qwen2 model of ``sizes`` and a tokenizer with exactly its vocabulary."""
-    from workbench.models import build_tiny_model, save_model
-    from workbench.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer
+    from workbench.models.load import build_tiny_model, save_model
+    from workbench.models.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer
 
     base = len(SPECIAL_TOKENS) + len(ALPHABET)
     fillers = (chr(c) for c in range(0x100, 0x110000) if not 0xD800 <= c <= 0xDFFF and chr(c).isprintable())
@@ -111,8 +111,8 @@ def run_case(
     """Train ``steps`` steps in this process (called in a subprocess); medians after the first."""
     import torch
 
-    from workbench.config import TrainConfig
-    from workbench.trainer import Trainer
+    from workbench.training.config import TrainConfig
+    from workbench.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(

@@ -30,13 +30,13 @@ import time
 
 
 def _model_path(model: str) -> str:
-    from workbench.config import DEFAULT_INIT
+    from workbench.training.config import DEFAULT_INIT
 
     return DEFAULT_INIT if model == "default" else model
 
 
 def ours(a, out: str) -> list[dict]:
-    from workbench.trainer import Trainer
+    from workbench.training.trainer import Trainer
 
     rows = []
     config = dict(
@@ -80,7 +80,7 @@ def trl(a, out: str) -> list[dict]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from workbench.models import load_model
+    from workbench.models.load import load_model
     from workbench.tasks import get_task
 
     task = get_task(a.task)

@@ -8,7 +8,7 @@ Methods, all computing sampled-token log-probs and full entropies of ``h @ W.T``
 - ``naive``: materialise the logits, ``log_softmax`` in float32, ``gather``, entropy;
 - ``chunked``: materialise the logits, then :func:`workbench.entropy.token_stats`
   (float32 one chunk of rows at a time);
-- ``hidden``: :func:`workbench.entropy.token_stats_from_hidden` with the PyTorch kernels (the
+- ``hidden``: :func:`workbench.models.scoring.token_stats_from_hidden` with the PyTorch kernels (the
   logits never exist whole);
 - ``fused`` (CUDA only): the same with the fused Triton kernels (``impl="triton"``).
 Each case runs in a fresh subprocess; peak extra memory is the peak above the inputs
@@ -42,7 +42,8 @@ def run_case(method: str, tokens: int, vocab: int, hidden: int, mode: str, devic
     """Run one case in this process (called in a subprocess) and return its measurements."""
     import torch
 
-    from workbench.entropy import token_stats, token_stats_from_hidden
+    from workbench.entropy import token_stats
+    from workbench.models.scoring import token_stats_from_hidden
 
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

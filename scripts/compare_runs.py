@@ -71,7 +71,7 @@ def _read(path: Path) -> list[dict]:
 
 
 def capture(out: Path) -> None:
-    from workbench.trainer import train
+    from workbench.training.trainer import train
 
     warnings.simplefilter("ignore")
     out.mkdir(parents=True, exist_ok=True)

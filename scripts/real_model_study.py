@@ -62,8 +62,8 @@ STUDY = dict(
 
 
 def difficulty(args) -> dict:
-    from workbench.analysis_real import task_accuracy
-    from workbench.models import load_model
+    from workbench.analysis.real_model import task_accuracy
+    from workbench.models.load import load_model
     from workbench.tasks import get_task
 
     model, tokenizer = load_model(MODEL)
@@ -99,7 +99,7 @@ def pilot(args) -> None:
     seconds of each phase per step and the learning signal (groups with right and wrong replies)."""
     import pandas as pd
 
-    from workbench.trainer import Trainer
+    from workbench.training.trainer import Trainer
 
     rows = []
     for algorithm in args.algorithms.split(","):
@@ -150,7 +150,7 @@ def pilot(args) -> None:
 
 def study(args) -> None:
     from workbench.algorithms import ALGORITHMS as REGISTERED
-    from workbench.study import describe, run_grid, save_manifest
+    from workbench.analysis.study import describe, run_grid, save_manifest
 
     algorithms = args.algorithms.split(",") + (["dapo"] if args.dapo else [])
     missing = [a for a in algorithms if a not in REGISTERED]

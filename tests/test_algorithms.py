@@ -81,7 +81,7 @@ def test_demo_command_prints_the_table():
 def test_advantage_kwargs_are_checked_with_the_config(tmp_path):
     """Unknown or bad advantage_kwargs fail when the config is built (they used to fail at step 1,
     after the step-0 evaluation had written files, so the corrected command was refused)."""
-    from workbench.config import TrainConfig
+    from workbench.training.config import TrainConfig
 
     with pytest.raises(ValueError, match=r"advantage_kwargs: 'alpha3' is not an argument of .*gtpo.*alpha2"):
         TrainConfig(algorithm="gtpo", advantage_kwargs={"alpha3": 1.0})

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from workbench import advantages as adv
-from workbench.analysis import rollout_records
-from workbench.config import DEFAULT_INIT, TrainConfig
-from workbench.models import load_model
+from workbench.analysis.records import rollout_records
+from workbench.models.load import load_model
 from workbench.tasks import get_task
+from workbench.training.config import DEFAULT_INIT, TrainConfig
 from workbench.viz import as_group, entropy_distribution
 
 

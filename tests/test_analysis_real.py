@@ -1,4 +1,4 @@
-"""workbench.analysis_real's study table and interval, on hand-made numbers (no model needed)."""
+"""workbench.analysis.real_model's study table and interval, on hand-made numbers (no model needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from workbench.analysis_real import study_accuracy, wilson_interval
+from workbench.analysis.real_model import study_accuracy, wilson_interval
 
 
 def test_wilson_interval_hand_worked_and_solves_its_equation():

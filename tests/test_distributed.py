@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.config import TrainConfig
-from workbench.models import load_model
-from workbench.trainer import Trainer
+from workbench.models.load import load_model
+from workbench.training.config import TrainConfig
+from workbench.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -161,7 +161,7 @@ def test_sharded_rollout_two_processes(tmp_path):
 
 def _round_prompts(task_name: str, step: int, round_: int = 0, n: int = 4) -> list[str]:
     from workbench.tasks import get_task
-    from workbench.trainer import _seed_for
+    from workbench.training.trainer import _seed_for
 
     return [e.prompt for e in get_task(task_name).generate("train", n, _seed_for(0, step, round_))]
 
@@ -213,7 +213,7 @@ def test_accelerate_fsdp_is_refused_with_the_way_to_shard(tmp_path, monkeypatch)
 def test_batch_wide_advantages_need_a_replicated_rollout():
     """Advantages over the whole batch (scale="batch", normalize="per_polarity_batch") need every
     group in every process: a sharded rollout over several processes is refused, naming the fix."""
-    from workbench.distributed import check_config, needs_whole_batch
+    from workbench.training.distributed import check_config, needs_whole_batch
 
     sharded = TrainConfig(algorithm="gtpo_per_polarity_batch")
     kwargs = sharded.resolved_algorithm().advantage_kwargs

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from workbench.entropy import token_stats, token_stats_from_model
+from workbench.entropy import token_stats
+from workbench.models.scoring import token_stats_from_model
 
 
 def reference(logits, tokens, temperature=1.0):
@@ -146,7 +147,7 @@ def test_from_model_matches_manual_shift():
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
 def test_from_hidden_equals_reference_with_gradients(chunk_size):
-    from workbench.entropy import token_stats_from_hidden
+    from workbench.models.scoring import token_stats_from_hidden
 
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, 5, 8, generator=g).requires_grad_()
@@ -168,7 +169,7 @@ def test_from_hidden_equals_reference_with_gradients(chunk_size):
 
 
 def test_from_hidden_entropy_detached_by_default_and_errors():
-    from workbench.entropy import token_stats_from_hidden
+    from workbench.models.scoring import token_stats_from_hidden
 
     h = torch.randn(1, 3, 4, requires_grad=True)
     W = torch.randn(6, 4)
@@ -209,9 +210,9 @@ DDP_CHECK = """
 import sys
 import torch
 import torch.distributed as dist
-from workbench.config import DEFAULT_INIT
-from workbench.entropy import token_stats_from_model
-from workbench.models import load_model
+from workbench.training.config import DEFAULT_INIT
+from workbench.models.scoring import token_stats_from_model
+from workbench.models.load import load_model
 
 model, tok = load_model(DEFAULT_INIT)
 ids = tok(["123+456=975|579", "12+4=61|16"], return_tensors="pt", padding=True)
@@ -268,7 +269,7 @@ class VocabMatmulRows(torch.utils._python_dispatch.TorchDispatchMode):
 def test_from_hidden_runs_the_lm_head_on_valid_rows_only():
     """Padding positions cost no LM-head work (forward, and the backward's recomputation), and
     the statistics and gradients are those of the reference, 0 at the masked positions."""
-    from workbench.entropy import token_stats_from_hidden
+    from workbench.models.scoring import token_stats_from_hidden
 
     g = torch.Generator().manual_seed(2)
     h = torch.randn(3, 6, 8, generator=g).requires_grad_()
@@ -300,9 +301,9 @@ def test_from_hidden_runs_the_lm_head_on_valid_rows_only():
 def _warm_groups(n=3, new=10):
     """The shipped warm start (Qwen2) and a sampled batch: 3 left-padded prompts of different
     lengths, ``n`` replies each (different lengths: right padding)."""
-    from workbench.config import DEFAULT_INIT
-    from workbench.generation import generate
-    from workbench.models import load_model
+    from workbench.models.generation import generate
+    from workbench.models.load import load_model
+    from workbench.training.config import DEFAULT_INIT
 
     model, tok = load_model(DEFAULT_INIT)
     torch.manual_seed(0)
@@ -365,7 +366,7 @@ def test_shared_prompt_is_exact_in_float64():
     """In float64 the decoder's hidden states of the two paths are the same numbers, and the
     gradients differ only by the float32 rounding of the statistics' own backward: sharing the
     prompt changes the order of the work, not the computation."""
-    from workbench.entropy import _response_hidden
+    from workbench.models.scoring import _response_hidden
 
     model, ids, attention, mask = _warm_groups()
     model = model.double().train()

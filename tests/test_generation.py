@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from workbench.config import DEFAULT_INIT
-from workbench.generation import generate
-from workbench.models import load_model
+from workbench.models.generation import generate
+from workbench.models.load import load_model
+from workbench.training.config import DEFAULT_INIT
 
 PROMPTS = ["123+456=", "12+4=", "999+1="]  # different lengths: left padding
 

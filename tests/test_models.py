@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import pretrained
-from workbench.config import TrainConfig
-from workbench.models import build_tiny_model, check_model_source, convert_gguf, load_model, save_model
-from workbench.tokenizer import build_char_tokenizer
+from workbench._files import sha256
+from workbench.models import pretrained
+from workbench.models.load import build_tiny_model, check_model_source, convert_gguf, load_model, save_model
+from workbench.models.tokenizer import build_char_tokenizer
+from workbench.training.config import TrainConfig
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -98,7 +99,7 @@ def test_convert_gguf_writes_a_normal_checkpoint(tiny_gguf, tmp_path):
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
-    assert json.loads((out / "gguf_source.json").read_text())["sha256"] == pretrained._sha256(path)
+    assert json.loads((out / "gguf_source.json").read_text())["sha256"] == sha256(path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
 
     model, tokenizer = load_model(out)
@@ -126,7 +127,7 @@ def test_load_model_converts_a_gguf_file_once_into_the_cache(tiny_gguf, cache, t
     path, tensors = tiny_gguf
     model, _ = load_model(path)
     entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    assert [p.name for p in entries] == [f"tiny-llama-{pretrained._sha256(path)[:16]}"]
+    assert [p.name for p in entries] == [f"tiny-llama-{sha256(path)[:16]}"]
 
     def no_conversion(*args):
         raise AssertionError("the cached copy should have been used")
@@ -179,7 +180,7 @@ def test_an_incomplete_cache_entry_is_converted_again(tiny_gguf, cache):
 
 
 def test_gguf_in_a_training_config_and_one_step(tiny_gguf, cache, tmp_path):
-    from workbench.trainer import Trainer
+    from workbench.training.trainer import Trainer
 
     path, _ = tiny_gguf
     # a random model answers nothing right: GRPO without dynamic sampling still updates and logs

@@ -14,10 +14,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from workbench import entropy
-from workbench.entropy import token_stats_from_model
-from workbench.generation import format_prompts, generate
-from workbench.models import count_parameters, load_model
-from workbench.pretrained import NAMED_MODELS, named_model_file
+from workbench.models.generation import format_prompts, generate
+from workbench.models.load import count_parameters, load_model
+from workbench.models.pretrained import NAMED_MODELS, named_model_file
+from workbench.models.scoring import token_stats_from_model
 from workbench.tasks import get_task
 
 NAME = "smollm2-135m-instruct"
@@ -125,8 +125,8 @@ def test_a_training_step_without_whole_logits(tmp_path, monkeypatch, smollm2):
     """One GTPO step (2 prompts x 4 samples, 12 new tokens) from SmolLM2. Token statistics are
     chunked to 4 rows, so a ``[tokens, vocab]`` float32 tensor anywhere in the update (forward
     or backward) would show as a vocab-wide tensor of more rows."""
-    from workbench.config import TrainConfig
-    from workbench.trainer import Trainer
+    from workbench.training.config import TrainConfig
+    from workbench.training.trainer import Trainer
 
     monkeypatch.setattr(entropy, "CHUNK_ELEMENTS", 4 * VOCAB)
     config = TrainConfig(

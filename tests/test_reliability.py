@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import workbench.checkpoints as checkpoints
-import workbench.trainer as trainer_mod
-from workbench.config import DEFAULT_INIT
-from workbench.models import load_model
+import workbench.training.trainer as trainer_mod
+from workbench._files import sha256
+from workbench.models.load import load_model
 from workbench.runs import load_run
-from workbench.trainer import Trainer, resume, train, verify_checkpoint
+from workbench.training.config import DEFAULT_INIT
+from workbench.training.trainer import Trainer, resume, train, verify_checkpoint
 
 TINY_PARAMS = {
     "hidden_size": 32,
@@ -49,7 +49,7 @@ def _run_cmd(out: Path, steps: int) -> list[str]:
     config = {**BASE, "steps": steps, "output_dir": str(out)}
     # a run killed after its first evaluation but before its first metrics row is resumed too
     code = (
-        "import sys, json; from workbench.trainer import train, resume; from workbench.runs import holds_run\n"
+        "import sys, json; from workbench.training.trainer import train, resume; from workbench.runs import holds_run\n"
         "c = json.loads(sys.argv[1]); p = c['output_dir']\n"
         "(resume(p, progress=False) if holds_run(p) else train(c, progress=False))"
     )
@@ -123,7 +123,7 @@ def test_malicious_trainer_state_is_refused_and_not_executed(tmp_path):
     latest = run.latest_checkpoint()
     _malicious_pickle(latest / "trainer_state.pt", marker)
     meta = json.loads((latest / "checkpoint.json").read_text())  # an attacker also fixes the checksum
-    meta["files"]["trainer_state.pt"] = checkpoints._sha256(latest / "trainer_state.pt")
+    meta["files"]["trainer_state.pt"] = sha256(latest / "trainer_state.pt")
     (latest / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="refusing checkpoint .*not a plain tensor file"):
         t = Trainer({**BASE, "steps": 2, "output_dir": str(run.path)}, resume=True, progress=False)

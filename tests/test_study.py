@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.study import confidence_interval, paired_comparison, run_grid, setting_label
+from workbench.analysis.study import confidence_interval, paired_comparison, run_grid, setting_label
 
 TINY = dict(
     model="tiny",
@@ -116,7 +116,7 @@ def _fake_run(path, tokens_per_step, eval_steps, accuracies, samples=()):
 
 
 def test_accuracy_at_tokens_interpolates_between_evaluations(tmp_path):
-    from workbench.study import accuracy_at_tokens
+    from workbench.analysis.study import accuracy_at_tokens
 
     # evals after 0, 2 and 4 steps; tokens used by then: 0, 100+300 = 400, 400+200+200 = 800
     run = _fake_run(tmp_path / "r", [100, 300, 200, 200], [0, 2, 4], [0.2, 0.6, 0.8])
@@ -129,7 +129,7 @@ def test_accuracy_at_tokens_interpolates_between_evaluations(tmp_path):
 
 
 def test_equal_budget_uses_the_smallest_total(tmp_path):
-    from workbench.study import equal_budget
+    from workbench.analysis.study import equal_budget
 
     a = _fake_run(tmp_path / "a", [100, 100], [0, 2], [0.0, 1.0])
     b = _fake_run(tmp_path / "b", [200, 200], [0, 2], [0.0, 1.0])
@@ -139,7 +139,7 @@ def test_equal_budget_uses_the_smallest_total(tmp_path):
 
 
 def test_entropy_by_step_top_fraction(tmp_path):
-    from workbench.study import entropy_by_step
+    from workbench.analysis.study import entropy_by_step
 
     samples = [
         {
@@ -159,7 +159,7 @@ def test_entropy_by_step_top_fraction(tmp_path):
 
 
 def test_load_results_finds_runs_from_any_working_directory(tmp_path, monkeypatch):
-    from workbench.study import load_results
+    from workbench.analysis.study import load_results
 
     root = tmp_path / "study"
     run = _fake_run(root / "runs" / "default" / "grpo-s0", [10], [0], [0.5])
@@ -176,7 +176,7 @@ def test_load_results_finds_runs_from_any_working_directory(tmp_path, monkeypatc
 def test_entropy_collapse_is_relative_to_the_start(tmp_path, last, collapsed):
     import json
 
-    from workbench.study import summarize_run
+    from workbench.analysis.study import summarize_run
 
     path = tmp_path / "r"
     path.mkdir()

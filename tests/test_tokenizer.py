@@ -4,8 +4,8 @@ import json
 
 from transformers import AutoTokenizer
 
+from workbench.models.tokenizer import build_char_tokenizer
 from workbench.tasks import get_task
-from workbench.tokenizer import build_char_tokenizer
 
 
 def test_round_trips_every_task_text(tmp_path):
@@ -50,7 +50,7 @@ def test_special_tokens_and_unknown_chars():
 
 def test_a_saved_model_checkpoint_keeps_spaces_and_newlines(tmp_path):
     # AutoTokenizer alone re-reads the tokenizer as Qwen2Tokenizer and drops whitespace.
-    from workbench.models import build_tiny_model, load_model, save_model
+    from workbench.models.load import build_tiny_model, load_model, save_model
 
     tok = build_char_tokenizer()
     save_model(

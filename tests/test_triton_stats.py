@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("triton", reason="the fused kernels need triton (in the dev extra on Linux)")
 
-from workbench import entropy, triton_stats  # noqa: E402
-from workbench.entropy import token_stats_from_hidden  # noqa: E402
+from workbench.models import scoring, triton_stats  # noqa: E402
+from workbench.models.scoring import token_stats_from_hidden  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(
@@ -114,18 +114,18 @@ def test_hidden_path_triton_equals_torch():
 def test_auto_selection(monkeypatch):
     monkeypatch.delenv("WORKBENCH_STATS_IMPL", raising=False)
     # CUDA: the kernels, once they passed the self-check; CPU: the PyTorch path, kernels or not
-    assert entropy._resolve_impl("auto", DEVICE) == ("triton" if DEVICE.type == "cuda" else "torch")
-    assert entropy._resolve_impl("triton", DEVICE) == "triton"  # asked for, and runnable here
+    assert scoring._resolve_impl("auto", DEVICE) == ("triton" if DEVICE.type == "cuda" else "torch")
+    assert scoring._resolve_impl("triton", DEVICE) == "triton"  # asked for, and runnable here
     monkeypatch.setenv("WORKBENCH_STATS_IMPL", "torch")
-    assert entropy._resolve_impl("auto", DEVICE) == "torch"
+    assert scoring._resolve_impl("auto", DEVICE) == "torch"
     monkeypatch.setenv("WORKBENCH_STATS_IMPL", "fast")
     with pytest.raises(ValueError, match="WORKBENCH_STATS_IMPL must be one of"):
-        entropy._resolve_impl("auto", DEVICE)
+        scoring._resolve_impl("auto", DEVICE)
     with pytest.raises(ValueError, match="impl must be one of"):
-        entropy._resolve_impl("cuda", DEVICE)
-    assert entropy._parity(DEVICE) < 1e-4  # the self-check CUDA runs before it trusts the kernels
+        scoring._resolve_impl("cuda", DEVICE)
+    assert scoring._parity(DEVICE) < 1e-4  # the self-check CUDA runs before it trusts the kernels
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):  # as from a scoring pass
-        assert entropy._parity(DEVICE) < 1e-4
+        assert scoring._parity(DEVICE) < 1e-4
 
 
 @pytest.mark.gpu

@@ -15,11 +15,11 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from workbench import advantages as adv  # noqa: E402
-from workbench.config import DEFAULT_INIT  # noqa: E402
-from workbench.entropy import token_stats_from_model  # noqa: E402
 from workbench.integrations.trl import EntropyShapedGRPOTrainer  # noqa: E402
-from workbench.models import load_model  # noqa: E402
+from workbench.models.load import load_model  # noqa: E402
+from workbench.models.scoring import token_stats_from_model  # noqa: E402
 from workbench.tasks import get_task  # noqa: E402
+from workbench.training.config import DEFAULT_INIT  # noqa: E402
 
 N = 4
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import workbench.warmstart as ws
-from workbench.config import DEFAULT_INIT
+import workbench.training.warmstart as ws
+from workbench.training.config import DEFAULT_INIT
 
 SMALL = dict(
     task="addition",

@@ -1,8 +1,13 @@
 """gtpo-workbench: GRPO, DAPO, GTPO and GRPO-S (arXiv 2508.04349) for study and training.
 
-The algorithm functions live in :mod:`workbench.advantages`, :mod:`workbench.losses`,
-:mod:`workbench.entropy` and :mod:`workbench.rewards`; :data:`ALGORITHMS` maps a name to an
-advantage function and its loss defaults. :mod:`workbench.exploration` holds pass@k.
+The papers' formulas sit at the top: :mod:`workbench.advantages`, :mod:`workbench.losses`,
+:mod:`workbench.entropy` and :mod:`workbench.rewards`, with :data:`ALGORITHMS` (a name -> an
+advantage function and its loss defaults). The machinery lives in wings: :mod:`workbench.training`
+(the trainer), :mod:`workbench.models` (loading, sampling, token statistics of a model),
+:mod:`workbench.analysis` (studies, records, real-model measurements), :mod:`workbench.tasks`,
+:mod:`workbench.viz` and :mod:`workbench.integrations`; :mod:`workbench.runs` is the run
+directory that training writes and analysis and figures read. :mod:`workbench.exploration`
+holds pass@k.
 """
 
 from . import advantages, entropy, exploration, losses, rewards
@@ -17,7 +22,7 @@ from .advantages import (
     shaping_signal,
 )
 from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register_algorithm
-from .entropy import token_stats, token_stats_from_model
+from .entropy import token_stats
 from .exploration import mean_pass_at_k, pass_at_k, pass_at_k_curve
 from .losses import LOSS_MODES, policy_loss, register_policy_loss, top_entropy_mask
 from .rewards import grop_penalty, overlong_penalty
@@ -26,12 +31,13 @@ __version__ = "0.1.0"
 
 # Training, tasks and runs pull in transformers and accelerate: imported on first use.
 _LAZY = {
-    "train": "trainer",
-    "resume": "trainer",
-    "Trainer": "trainer",
-    "TrainConfig": "config",
+    "train": "training",
+    "resume": "training",
+    "Trainer": "training",
+    "TrainConfig": "training",
     "load_run": "runs",
     "get_task": "tasks",
+    "token_stats_from_model": "models",
 }
 
 

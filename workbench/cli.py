@@ -29,8 +29,8 @@ def _demo(args) -> int:
 
 
 def _train(args) -> int:
-    from .config import TrainConfig
-    from .trainer import resume, train
+    from .training.config import TrainConfig
+    from .training.trainer import resume, train
 
     overrides = _overrides(args)
     if args.resume:
@@ -54,7 +54,7 @@ def _train(args) -> int:
 
 
 def _warmstart(args) -> int:
-    from .warmstart import warm_start
+    from .training.warmstart import warm_start
 
     names = (
         "task",
@@ -79,7 +79,7 @@ def _warmstart(args) -> int:
 def _study(args) -> int:
     import shlex
 
-    from .study import describe, run_grid, save_manifest
+    from .analysis.study import describe, run_grid, save_manifest
 
     settings = [json.loads(s) for s in args.setting] or [{}]
     base = _overrides(args)
@@ -108,7 +108,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     checked by the config itself, so a bad one gets the config's one-line error."""
     import dataclasses
 
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
     group = parser.add_argument_group("training options (TrainConfig fields; unset: the config file's or default)")
     for f in dataclasses.fields(TrainConfig):
@@ -143,7 +143,7 @@ def _parse_bool(text: str) -> bool:
 def _overrides(args) -> dict:
     import dataclasses
 
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}

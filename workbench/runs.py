@@ -5,7 +5,7 @@
     run_dir/
       config.json          resolved TrainConfig
       task.json            the task's account of its data: split sizes; a JSONL file's skipped lines
-      metrics.jsonl        one row per RL step (columns and meanings: ``workbench.metrics.METRICS``)
+      metrics.jsonl        one row per RL step (columns and meanings: ``workbench.training.metrics.METRICS``)
       eval.jsonl           held-out evaluations: step, greedy_accuracy, sampled_accuracy, entropy,
                            problems (how many were evaluated), reward_timeouts
       samples.jsonl        per-token records of a few rollout groups (one line per group)
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,13 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from ._files import atomic_write_text
+
 __all__ = [
     "Run",
     "load_run",
-    "atomic_write_text",
-    "replace_dir",
     "append_jsonl",
+    "response_record",
     "read_jsonl",
     "truncate_jsonl",
     "holds_run",
@@ -47,7 +47,6 @@ __all__ = [
     "check_run_dir",
     "prepare_run_dir",
     "lock_run_dir",
-    "temporary_name",
     "remove_leftovers",
     "clear_run_dir",
     "RunInUseError",
@@ -170,46 +169,26 @@ def remove_leftovers(path) -> None:
             p.unlink(missing_ok=True)
 
 
-def temporary_name(path: Path, suffix: str = ".tmp") -> Path:
-    """A unique hidden name beside ``path`` (two writers never share a temporary file)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temporary file and a rename."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def replace_dir(tmp: Path, path: Path) -> None:
-    """Put the finished directory ``tmp`` in place of ``path`` by renames: at every moment one
-    complete version exists (the old one is set aside under a unique name, then removed once the
-    new one is in)."""
-    tmp, path = Path(tmp), Path(path)
-    if path.exists():
-        old = temporary_name(path, ".old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 def append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, default=float) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def response_record(
+    tokenizer, ids, entropies, logprobs, advantages, *, text: str, reward: float, correct: bool
+) -> dict:
+    """One response of a ``samples.jsonl`` record (``ids`` and the per-token lists already masked)."""
+    return {
+        "text": text,
+        "tokens": [tokenizer.decode([t]) for t in ids],
+        "entropies": [round(float(x), 5) for x in entropies],
+        "logprobs": [round(float(x), 5) for x in logprobs],
+        "advantages": [round(float(x), 5) for x in advantages],
+        "reward": float(reward),
+        "correct": bool(correct),
+    }
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -331,7 +310,3 @@ def load_run(path) -> Run:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
     return Run(path)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

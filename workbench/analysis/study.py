@@ -15,15 +15,20 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import runs
-from .trainer import resume, train
+from .. import runs
+from .._files import atomic_write_text
+from ..training.trainer import resume, train
 
 __all__ = [
+    "Study",
+    "load_study",
+    "finished_runs",
     "run_grid",
     "summarize",
     "summarize_run",
@@ -41,6 +46,8 @@ __all__ = [
 #: addition starts near 0.34 nats, a chain of arithmetic near 0.08.
 ENTROPY_COLLAPSE = 0.25
 ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
+DONE = "DONE"  #: the marker of a study's finished cell
+MANIFEST = "manifest.json"
 
 # two-sided 95% Student t quantiles for 1..30 degrees of freedom
 _T95 = [
@@ -130,14 +137,14 @@ def run_grid(
             train(config, progress=progress, overwrite=True)
         if not keep_checkpoints:
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        (path / "DONE").write_text("ok\n")
-    table = summarize(sorted(p.parent for p in root.glob("runs/*/*/DONE")))
+        (path / DONE).write_text("ok\n")
+    table = summarize(finished_runs(root))
     table.to_csv(root / "results.csv", index=False)
     return table.set_index("run").loc[[str(p) for p, _ in cells]].reset_index()  # this call's cells, in order
 
 
 def _cell_state(path: Path, steps: int | None) -> str:
-    if (path / "DONE").exists():
+    if (path / DONE).exists():
         return "done"
     run = runs.Run(path)
     if (path / "config.json").exists() and run.latest_checkpoint() is not None:
@@ -316,4 +323,71 @@ def load_results(root) -> pd.DataFrame:
 
 
 def save_manifest(root, command: str, **info) -> None:
-    runs.atomic_write_text(Path(root) / "manifest.json", json.dumps({"command": command, **info}, indent=2))
+    """Write the study's ``manifest.json``: the command that makes it, and what else ``info`` says."""
+    atomic_write_text(Path(root) / MANIFEST, json.dumps({"command": command, **info}, indent=2))
+
+
+def finished_runs(root) -> list[Path]:
+    """The finished cells of a study directory (``runs/<setting>/<algorithm>-s<seed>`` with a
+    ``DONE`` marker), in order: a partly run grid gives the cells it has finished."""
+    return sorted(p.parent for p in Path(root).glob(f"runs/*/*/{DONE}"))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study directory, as :func:`run_grid` and the study scripts leave it::
+
+    root/
+      manifest.json      the command that makes the study (and what else it records)
+      results.csv        one row per finished cell (:func:`summarize`)
+      runs/<setting>/<algorithm>-s<seed>/   run directories; DONE marks a finished one
+      warmstarts/*.json  the warm starts the runs started from, where the study made its own
+    """
+
+    root: Path
+
+    @property
+    def manifest(self) -> dict:
+        """``manifest.json`` (empty when the study has none)."""
+        path = self.root / MANIFEST
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def command(self) -> str:
+        """The command that makes the study (``""`` when its manifest does not say)."""
+        return self.manifest.get("command", "")
+
+    def run_dirs(self) -> list[Path]:
+        """The finished cells' run directories (:func:`finished_runs`)."""
+        return finished_runs(self.root)
+
+    def runs(self) -> list[runs.Run]:
+        """The finished cells as :class:`workbench.runs.Run` objects."""
+        return [runs.Run(p) for p in self.run_dirs()]
+
+    def results(self) -> pd.DataFrame:
+        """The stored results table (:func:`load_results`)."""
+        return load_results(self.root)
+
+    def summary(self) -> pd.DataFrame:
+        """:func:`summarize` of the finished cells, computed from their run directories."""
+        return summarize(self.run_dirs())
+
+    def warm_starts(self) -> pd.DataFrame:
+        """One row per ``warmstarts/*.json`` (its ``file`` name, the ``init`` it continued from, or
+        ``"(fresh model)"``, and what the warm start recorded: steps, accuracy, ...)."""
+        rows = [
+            {**json.loads(p.read_text(encoding="utf-8")), "file": p.name}
+            for p in sorted((self.root / "warmstarts").glob("*.json"))
+        ]
+        table = pd.DataFrame(rows, columns=None if rows else ["file", "init", "steps", "greedy_accuracy"])
+        table["init"] = table.get("init", pd.Series(index=table.index, dtype=object)).fillna("(fresh model)")
+        return table
+
+
+def load_study(root) -> Study:
+    """The study directory ``root`` (see :class:`Study`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no study directory at {root}: give the folder that holds its runs/ and manifest.json")
+    return Study(root)

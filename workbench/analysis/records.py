@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .algorithms import get_algorithm
-from .config import TrainConfig
-from .entropy import token_stats_from_model
-from .generation import format_prompts, generate
+from ..algorithms import get_algorithm
+from ..models.generation import format_prompts, generate
+from ..models.scoring import token_stats_from_model
+from ..runs import response_record
+from ..training.config import TrainConfig
 
-__all__ = ["response_record", "rollout_records"]
-
-
-def response_record(
-    tokenizer, ids, entropies, logprobs, advantages, *, text: str, reward: float, correct: bool
-) -> dict:
-    """One response of a ``samples.jsonl`` record (``ids`` and the per-token lists already masked)."""
-    return {
-        "text": text,
-        "tokens": [tokenizer.decode([t]) for t in ids],
-        "entropies": [round(float(x), 5) for x in entropies],
-        "logprobs": [round(float(x), 5) for x in logprobs],
-        "advantages": [round(float(x), 5) for x in advantages],
-        "reward": float(reward),
-        "correct": bool(correct),
-    }
+__all__ = ["rollout_records"]
 
 
 @torch.no_grad()

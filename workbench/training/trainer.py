@@ -1,13 +1,14 @@
 """The RL trainer: one loop for every algorithm in the registry.
 
-Each step (:meth:`Trainer.train_step`) reads as the algorithm::
+Each step (:meth:`Trainer.train_step`) reads as the algorithm and hands its values on::
 
-    rollout -> rewards -> (keep informative groups) -> score -> advantages -> update -> log
+    sample (rollout -> rewards) -> collate -> score -> advantages -> update -> metrics row
 
 Dynamic sampling repeats rollout and rewards until enough groups have differing rewards. What
-lives beside the loop: sampling and token statistics (:mod:`workbench.policy`), groups and
-rewards (:mod:`workbench.rollout`), several processes (:mod:`workbench.distributed`), checkpoint
-files (:mod:`workbench.checkpoints`), metrics (:mod:`workbench.metrics`), timing (:mod:`workbench.timing`).
+lives beside the loop: sampling and token statistics (:mod:`workbench.training.runner`), groups,
+rewards and batches (:mod:`workbench.training.rollout`), several processes
+(:mod:`workbench.training.distributed`), checkpoint files (:mod:`workbench.training.checkpoints`),
+metrics (:mod:`workbench.training.metrics`), timing (:mod:`workbench.training.timing`).
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from . import metrics as stats
-from . import runs
+from .. import runs
+from ..losses import policy_loss
+from ..tasks import get_task
+from . import distributed, metrics
 from .checkpoints import restore_training, save_training, verify_checkpoint
 from .config import TrainConfig
 from .loading import load_policy, make_accelerator
-from .losses import policy_loss
 from .metrics import METRIC_COLUMNS
-from .policy import ModelRunner
 from .rollout import Batch, Group, Scored, check_overlong_budget, collate, compute_rewards, groups_from
-from .tasks import get_task
+from .runner import ModelRunner
 from .timing import PhaseTimer
 
 __all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS", "verify_checkpoint"]
@@ -59,14 +59,19 @@ class Trainer:
         callback: Callable[[int, dict], None] | None = None,
         progress: bool = True,
     ):
-        self.config = c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-        self.callback, self.progress, self.run_dir = callback, progress, Path(c.output_dir)
+        c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        self.config = c
+        self.callback = callback
+        self.progress = progress
+        self.run_dir = Path(c.output_dir)
         self.algorithm = c.resolved_algorithm()
         self.accelerator = make_accelerator(c)
-        self.world, self.is_main = self.accelerator.num_processes, self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
         self.fsdp = self.world > 1 and c.parallel == "fsdp"
         self.sharded_rollout = self.world > 1 and c.rollout == "sharded"
-        dist.check_config(c, self.world, self.algorithm.advantage_kwargs)
+        self.fused_update = _fused_update(c, replicated=self.world > 1 and not self.sharded_rollout)
+        distributed.check_config(c, self.world, self.algorithm.advantage_kwargs)
         loss = {"beta_kl": self.algorithm.beta_kl, "entropy_coef": c.entropy_coef, "clip_ratio_c": c.clip_ratio_c}
         self.loss_kwargs = {**self.algorithm.loss_kwargs(), **loss, "norm_len": c.max_new_tokens}
         self.task = get_task(c.task, **c.task_params)
@@ -80,7 +85,7 @@ class Trainer:
             config=c.to_dict(),
             task=info,
             main=self.is_main,
-            agree=lambda ok: dist.main_decides(self.accelerator, ok),
+            agree=lambda ok: distributed.main_decides(self.accelerator, ok),
             barrier=self.accelerator.wait_for_everyone,
         )
         try:
@@ -97,9 +102,9 @@ class Trainer:
         if self.algorithm.beta_kl > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.fsdp:  # shard first: the optimizer holds the sharded parameters
-            self.model = dist.shard_fsdp(self.model, acc)
+            self.model = distributed.shard_fsdp(self.model, acc)
             if self.ref_model is not None:
-                self.ref_model = dist.shard_fsdp(self.ref_model, acc)
+                self.ref_model = distributed.shard_fsdp(self.ref_model, acc)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, c.lr_factor)
         if not self.fsdp:
@@ -107,7 +112,9 @@ class Trainer:
             if self.ref_model is not None:
                 self.ref_model.to(acc.device)
         self.eval_examples = self.task.held_out(c.eval_size, EVAL_SEED)
-        self.step, self.bad_steps, self.skipped_updates = 0, 0, 0
+        self.step = 0
+        self.bad_steps = 0  # consecutive non-finite updates
+        self.skipped_updates = 0
         if resume:
             self._resume()
 
@@ -121,101 +128,95 @@ class Trainer:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
-    @property
-    def fused_update(self) -> bool:
-        """One on-policy update over the whole batch (one epoch and mini-batch, no micro-batches):
-        the old log-probs and entropies come from the update's own forward, with no scoring pass
-        (not with a replicated rollout: each process scores the whole batch, then updates its share)."""
-        c = self.config
-        replicated = self.world > 1 and not self.sharded_rollout
-        return c.ppo_epochs == 1 and c.minibatches == 1 and c.micro_batch_size == 0 and not replicated
-
     # ------------------------------------------------------------------ one step
 
     def train_step(self, step: int) -> dict:
-        """One RL step: rollout -> rewards (both repeated while dynamic sampling keeps too few
-        groups) -> score -> advantages -> update; returns the step's metrics row."""
-        c, timer = self.config, PhaseTimer(torch.cuda.synchronize if self.accelerator.device.type == "cuda" else None)
-        timeouts, lr, (lo, hi) = self.task.timeouts, self.scheduler.get_last_lr()[0], self._prompt_range()
-        dynamic, update = self.algorithm.dynamic_sampling, {}
+        """One RL step: sample (rollout -> rewards, repeated while dynamic sampling keeps too few
+        groups) -> collate -> score -> advantages -> update; returns the step's metrics row."""
+        timer = PhaseTimer(torch.cuda.synchronize if self.accelerator.device.type == "cuda" else None)
+        lr = self.scheduler.get_last_lr()[0]
+        timeouts = self.task.timeouts
+        scored, advantages, update = None, None, {}
         with timer("step"):
-            rank = self.accelerator.process_index
-            torch.manual_seed(_seed_for(c.seed, step, rank) if self.sharded_rollout else _seed_for(c.seed, step))
-            sampled, kept, rounds = [], [], 0
-            while rounds < (c.max_sampling_rounds if dynamic else 1) and self._any(len(kept) < hi - lo):
-                with timer("rollout"):  # a process with enough groups samples along when every forward is collective
-                    groups = self.rollout(step, rounds) if len(kept) < hi - lo or self.fsdp else []
-                with timer("reward"):
-                    self.compute_rewards(groups)
-                sampled, rounds = sampled + groups, rounds + 1
-                kept += [g for g in groups if g.informative or not dynamic]
-            kept = kept[: hi - lo]
+            torch.manual_seed(self._rollout_seed(step))
+            sampled, kept, rounds = self.sample(step, timer)
             with timer("score"):  # the entropies of the sampled groups the update will not use, before it
-                unused = [g for g in sampled if not any(g is k for k in kept)]
-                entropy = self.runner.entropy_sums(self.unwrapped, unused, sampled[0])
-            batch, kept_sums = self._batch(kept, sampled), None
+                unused = self.runner.entropy_sums(self.unwrapped, _others(sampled, kept), sampled[0])
+            batch = self.collate(kept, sampled)
             if batch is not None:
                 with timer("update" if self.fused_update else "score"):  # the fused update's forward is update time
-                    batch.scored = self.score(batch)
+                    scored = self.score(batch)
                 with timer("advantage"):
-                    advantages = self.advantages(batch)
-                kept_sums = stats.kept_sums(batch, advantages)  # the whole batch, before a replicated one is shared
-                if not self.sharded_rollout:  # each process updates on its share of a replicated batch
-                    batch, advantages = dist.my_groups(batch, advantages, self.accelerator)
+                    advantages = self.advantages(batch, scored)
                 with timer("update"):
-                    update = self.update(batch, advantages, step)
+                    update = self.update(batch, scored, advantages, step)
             self._scheduler_step()
-        local = stats.step_sums(sampled, kept, kept_sums, entropy, self.task.timeouts - timeouts)
-        longest = max(int(g.lengths.max()) for g in sampled)
-        longest = dist.max_over_processes(self.accelerator, longest) if self.sharded_rollout else longest
-        row = {"step": step, "updated": math.isfinite(update.get("grad_norm", math.nan))}
-        row.update(stats.step_row(self._total(*local), longest=longest, rounds=rounds, kept=batch is not None))
-        row.update(update, lr=lr, skipped_updates=self.skipped_updates, **timer.metrics())
-        row["tokens_per_s"] = row["generated_tokens"] / max(timer.seconds.get("rollout", 0.0), 1e-9)
-        if self.is_main and batch is not None and not batch.idle and (step == 1 or step % c.log_samples_every == 0):
-            for record in stats.sample_records(self.tokenizer, batch, advantages, c.log_groups):
-                runs.append_jsonl(self.run_dir / "samples.jsonl", {"step": step, **record, "algorithm": c.algorithm})
+        sums = metrics.step_sums(sampled, kept, batch, scored, advantages, unused, self.task.timeouts - timeouts)
+        row = self.metrics_row(step, sums, sampled, rounds, update, lr=lr, timer=timer)
+        if batch is not None and not batch.idle:
+            self.log_samples(step, batch, scored, advantages)
         return row
+
+    def _rollout_seed(self, step: int) -> int:
+        """The step's sampling seed: the same on every process, or one per process that samples its own prompts."""
+        if self.sharded_rollout:
+            return _seed_for(self.config.seed, step, self.accelerator.process_index)
+        return _seed_for(self.config.seed, step)
+
+    def sample(self, step: int, timer: PhaseTimer) -> tuple[list[Group], list[Group], int]:
+        """Rollout and rewards, repeated while dynamic sampling keeps fewer groups than this
+        process's prompts: ``(every sampled group, the kept ones, rounds)``."""
+        lo, hi = self._prompt_range()
+        dynamic = self.algorithm.dynamic_sampling
+        sampled, kept, rounds = [], [], 0
+        while rounds < (self.config.max_sampling_rounds if dynamic else 1) and self._any(len(kept) < hi - lo):
+            with timer("rollout"):  # a process with enough groups samples along when every forward is collective
+                groups = self.rollout(step, rounds) if len(kept) < hi - lo or self.fsdp else []
+            with timer("reward"):
+                groups = self.compute_rewards(groups)
+            sampled += groups
+            rounds += 1
+            kept += [g for g in groups if g.informative or not dynamic]
+        return sampled, kept[: hi - lo], rounds
 
     def _prompt_range(self) -> tuple[int, int]:
         """This process's prompts of a round: its contiguous share with a sharded rollout, else all."""
         total = self.config.prompts_per_step
-        return dist.share(total, self.accelerator.process_index, self.world) if self.sharded_rollout else (0, total)
+        if self.sharded_rollout:
+            return distributed.share(total, self.accelerator.process_index, self.world)
+        return 0, total
 
     def _any(self, flag: bool) -> bool:
-        return dist.any_process(self.accelerator, flag) if self.sharded_rollout else flag
-
-    def _total(self, *values: float) -> list[float]:
-        """Sums over the processes of a sharded rollout (each holds its own groups); else the values."""
-        return dist.sum_over_processes(self.accelerator, *values) if self.sharded_rollout else list(values)
+        return distributed.any_process(self.accelerator, flag) if self.sharded_rollout else flag
 
     def rollout(self, step: int, round_: int) -> list[Group]:
         """Sample round ``round_`` of ``step``: ``group_size`` responses to each of this process's
         prompts. Every round draws new prompts; every process draws the same ones."""
-        c, (lo, hi) = self.config, self._prompt_range()
+        c = self.config
+        lo, hi = self._prompt_range()
         examples = self.task.generate("train", c.prompts_per_step, _seed_for(c.seed, step, round_))[lo:hi]
         gen = self.runner.generate(self.unwrapped, [e.prompt for e in examples], c.group_size, do_sample=True)
         return groups_from(gen, examples)
 
-    def compute_rewards(self, groups: list[Group]) -> None:
-        """Every response scored once by the task, plus the configured terms (format, overlong, GROP)."""
+    def compute_rewards(self, groups: list[Group]) -> list[Group]:
+        """``groups`` with their rewards: every response scored once by the task, plus the
+        configured terms (format, overlong, GROP)."""
         c = self.config
         overlong = (c.max_new_tokens, c.overlong_cache) if self.algorithm.overlong_shaping else None
-        compute_rewards(self.task, groups, format_reward=c.format_reward, overlong=overlong, grop=c.grop)
+        return compute_rewards(self.task, groups, format_reward=c.format_reward, overlong=overlong, grop=c.grop)
 
-    def _batch(self, kept: list[Group], sampled: list[Group]) -> Batch | None:
+    def collate(self, kept: list[Group], sampled: list[Group]) -> Batch | None:
         """The kept groups as one batch; ``None`` when no process kept one. A process of a sharded
         rollout that kept none stands in with a sampled group at zero weight (``idle``)."""
-        if not self._total(len(kept))[0]:
+        total = distributed.sum_over_processes(self.accelerator, len(kept))[0] if self.sharded_rollout else len(kept)
+        if not total:
             return None
-        batch = collate(kept or sampled[:1], self.tokenizer.pad_token_id, self.accelerator.device)
-        batch.idle = not kept
-        return batch
+        return collate(kept or sampled[:1], self.tokenizer.pad_token_id, self.accelerator.device, idle=not kept)
 
     def score(self, batch: Batch) -> Scored:
         """The behaviour policy's log-probs and entropies of ``batch`` (and the reference model's
         log-probs with a KL term): a no-grad pass, or the fused update's own forward."""
-        if self.fused_update:  # each group's prompt computed once (workbench.entropy.token_stats_from_model)
+        if self.fused_update:  # each group's prompt computed once (workbench.models.scoring.token_stats_from_model)
             self.model.train()
             logp, ent = self.runner.batch_stats(self.model, batch, grad=True)
             scored = Scored(logp.detach(), ent.detach(), logp=logp, entropies_grad=ent)
@@ -225,18 +226,43 @@ class Trainer:
             scored.ref_logp = self.runner.batch_stats(self.ref_model, batch, grad=False)[0]
         return scored
 
-    def advantages(self, batch: Batch) -> torch.Tensor:
+    def advantages(self, batch: Batch, scored: Scored) -> torch.Tensor:
         """``[B, T]`` advantages of the batch's groups from their rewards and entropies."""
         n, G, T = batch.group_size, batch.groups, batch.response_mask.shape[1]
-        rewards, entropies = batch.rewards.view(G, n), batch.scored.entropies.view(G, n, T)
+        rewards, entropies = batch.rewards.view(G, n), scored.entropies.view(G, n, T)
         return self.algorithm.advantages(rewards, entropies, batch.response_mask.view(G, n, T)).view(G * n, T)
+
+    def metrics_row(self, step: int, sums: dict, sampled: list[Group], rounds: int, update: dict, *, lr, timer) -> dict:
+        """The step's row of ``metrics.jsonl`` (see :data:`workbench.training.metrics.METRICS`)
+        from this process's named sums (added up over the processes of a sharded rollout)."""
+        longest = max(int(g.lengths.max()) for g in sampled)
+        if self.sharded_rollout:
+            sums = distributed.sum_by_name(self.accelerator, sums)
+            longest = distributed.max_over_processes(self.accelerator, longest)
+        row = {"step": step, "updated": math.isfinite(update.get("grad_norm", math.nan))}
+        row.update(metrics.step_row(sums, longest=longest, rounds=rounds, kept=sums["count.groups"] > 0))
+        row.update(update, lr=lr, skipped_updates=self.skipped_updates, **timer.metrics())
+        row["tokens_per_s"] = row["generated_tokens"] / max(timer.seconds.get("rollout", 0.0), 1e-9)
+        return row
+
+    def log_samples(self, step: int, batch: Batch, scored: Scored, advantages: torch.Tensor) -> None:
+        """Per-token records of the first ``log_groups`` groups to ``samples.jsonl`` (the main
+        process, at step 1 and every ``log_samples_every`` steps)."""
+        c = self.config
+        if not self.is_main or (step != 1 and step % c.log_samples_every):
+            return
+        for record in metrics.sample_records(self.tokenizer, batch, scored, advantages, c.log_groups):
+            runs.append_jsonl(self.run_dir / "samples.jsonl", {"step": step, **record, "algorithm": c.algorithm})
 
     # ------------------------------------------------------------------ update
 
-    def update(self, batch: Batch, advantages: torch.Tensor, step: int) -> dict:
+    def update(self, batch: Batch, scored: Scored, advantages: torch.Tensor, step: int) -> dict:
         """PPO-style epochs over mini-batches of ``batch`` (the fused update: one, in row order);
-        returns the update metrics, reduced over the processes."""
+        returns the update metrics, reduced over the processes. With a replicated rollout each
+        process updates on its share of the groups."""
         c = self.config
+        if not self.sharded_rollout:
+            batch, scored, advantages = distributed.my_groups(batch, scored, advantages, self.accelerator)
         gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))
         sums, grad_norms = {}, []
         self.model.train()
@@ -245,36 +271,41 @@ class Trainer:
             if self.fused_update:  # one mini-batch in row order, matching the scored rows
                 order = torch.arange(advantages.shape[0], device=advantages.device)
             for mb in order.chunk(c.minibatches):
-                metrics, grad_norm = self._optimizer_step(batch, advantages, mb)
-                for k, v in metrics.items():
+                terms, grad_norm = self._optimizer_step(batch, scored, advantages, mb)
+                for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v
                 grad_norms += [] if grad_norm is None else [grad_norm]
         out = {k: v / (c.ppo_epochs * c.minibatches) for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
-        return dist.reduce_metrics(self.accelerator, out, 0.0 if batch.idle else float(batch.response_mask.sum()))
+        weight = 0.0 if batch.idle else float(batch.response_mask.sum())
+        return distributed.reduce_metrics(self.accelerator, out, weight)
 
-    def _optimizer_step(self, batch: Batch, advantages: torch.Tensor, mb: torch.Tensor) -> tuple[dict, float | None]:
+    def _optimizer_step(
+        self, batch: Batch, scored: Scored, advantages: torch.Tensor, mb: torch.Tensor
+    ) -> tuple[dict, float | None]:
         """One optimizer step on the rows ``mb``, micro-batch by micro-batch. Its loss normaliser
         is its own (all processes') token or sequence count, shared by its micro-batches, so their
         losses add up to the mini-batch's mean; DDP averages gradients over the processes, so each
         process's loss (its share of the global sum) is scaled by their number (0 when idle)."""
         c = self.config
         local = 0.0 if batch.idle else self._loss_denominator(batch.response_mask[mb])
-        denominator = dist.sum_over_processes(self.accelerator, local)[0] if self.world > 1 else local
+        denominator = distributed.sum_over_processes(self.accelerator, local)[0] if self.world > 1 else local
         micro = c.micro_batch_size or len(mb)
-        n_micro, sums, finite = math.ceil(len(mb) / micro), {}, True
+        n_micro = math.ceil(len(mb) / micro)
+        sums, finite = {}, True
         for idx in mb.split(micro):
-            loss, metrics = self._loss(batch, advantages, idx, denominator)
-            if not dist.all_finite(self.accelerator, loss):
+            loss, terms = self._loss(batch, scored, advantages, idx, denominator)
+            if not distributed.all_finite(self.accelerator, loss):
                 finite = False
                 break
             self.accelerator.backward(loss * (0.0 if batch.idle else float(self.world)))
-            for k, v in metrics.items():  # loss terms add up over micro-batches; rates average
-                sums[k] = sums.get(k, 0.0) + (v if k in dist.SUMMED_METRICS else v / n_micro)
+            for k, v in terms.items():  # loss terms add up over micro-batches; rates average
+                sums[k] = sums.get(k, 0.0) + (v if k in distributed.SUMMED_METRICS else v / n_micro)
         grad_norm = self._clip_gradients() if finite else None
         if grad_norm is None or not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_updates, self.bad_steps = self.skipped_updates + 1, self.bad_steps + 1
+            self.skipped_updates += 1
+            self.bad_steps += 1
             if self.bad_steps >= c.max_bad_steps:
                 raise FloatingPointError(
                     f"{self.bad_steps} consecutive updates had a non-finite loss or gradient; the run stops here "
@@ -286,9 +317,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sums, float(grad_norm)
 
-    def _loss(self, batch: Batch, advantages: torch.Tensor, idx: torch.Tensor, denominator: float):
+    def _loss(self, batch: Batch, scored: Scored, advantages: torch.Tensor, idx: torch.Tensor, denominator: float):
         """The policy loss of rows ``idx`` (cut to their longest response)."""
-        s, T = batch.scored, int(batch.response_mask[idx].sum(-1).max())
+        s, T = scored, int(batch.response_mask[idx].sum(-1).max())
         cut = lambda x: None if x is None else x[idx][:, :T]  # noqa: E731
         ids = batch.input_ids[idx][:, : batch.input_ids.shape[1] - batch.response_mask.shape[1] + T]
         attn, mask = batch.attention_mask[idx][:, : ids.shape[1]], cut(batch.response_mask)
@@ -383,7 +414,8 @@ class Trainer:
     def _train(self) -> runs.Run:
         c, main = self.config, self.is_main  # with several processes, the main one writes and reports
         bar = tqdm(total=c.steps, initial=self.step, desc=f"{c.algorithm}", disable=not (self.progress and main))
-        if dist.main_decides(self.accelerator, self.step == 0 and not (self.run_dir / "eval.jsonl").exists()):
+        first = self.step == 0 and not (self.run_dir / "eval.jsonl").exists()
+        if distributed.main_decides(self.accelerator, first):
             self._evaluate_and_log(0)
             _fault_point("eval", 0)
             self.accelerator.wait_for_everyone()
@@ -413,6 +445,19 @@ class Trainer:
         if self.is_main:
             runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
         return ev
+
+
+def _fused_update(config: TrainConfig, *, replicated: bool) -> bool:
+    """One on-policy update over the whole batch (one epoch and mini-batch, no micro-batches):
+    the old log-probs and entropies come from the update's own forward, with no scoring pass
+    (not with a replicated rollout: each process scores the whole batch, then updates its share)."""
+    c = config
+    return c.ppo_epochs == 1 and c.minibatches == 1 and c.micro_batch_size == 0 and not replicated
+
+
+def _others(sampled: list[Group], kept: list[Group]) -> list[Group]:
+    """The sampled groups that are not among ``kept``."""
+    return [g for g in sampled if not any(g is k for k in kept)]
 
 
 def _fault_point(point: str, step: int) -> None:

@@ -12,7 +12,6 @@ keyed by the SHA-256 of the file, and later loads read that copy (about 1 s).
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -20,8 +19,11 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .._files import replace_dir, sha256
 
 __all__ = [
     "NAMED_MODELS",
@@ -32,7 +34,22 @@ __all__ = [
     "cache_root",
     "cached_checkpoint",
     "looks_like_hub_name",
+    "quiet_hub_bars",
 ]
+
+
+@contextmanager
+def quiet_hub_bars():
+    """Hide transformers' per-file loading/saving bars (noise for a few-MB model); restore after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
@@ -94,14 +111,6 @@ def looks_like_hub_name(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not Path(text).expanduser().exists()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_gguf(file) -> Path:
     file = Path(os.fspath(file)).expanduser()
     if not file.is_file():
@@ -123,9 +132,6 @@ def convert_gguf(file, out_dir) -> Path:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .models import quiet_hub_bars
-    from .runs import replace_dir
 
     file = _check_gguf(file)
     out = Path(os.fspath(out_dir)).expanduser()
@@ -149,7 +155,7 @@ def convert_gguf(file, out_dir) -> Path:
         model.generation_config.save_pretrained(tmp)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf_file": file.name, "sha256": _sha256(file)}, indent=2))
+        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf_file": file.name, "sha256": sha256(file)}, indent=2))
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -176,7 +182,7 @@ def cached_checkpoint(file) -> Path:
     from filelock import FileLock
 
     file = _check_gguf(file)
-    digest = _sha256(file)
+    digest = sha256(file)
     root = cache_root()
     entry = root / f"{file.stem}-{digest[:16]}"
     if _is_entry(entry, digest):

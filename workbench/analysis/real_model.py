@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .algorithms import get_algorithm
-from .generation import format_prompts, generate
+from ..algorithms import get_algorithm
+from ..models.generation import format_prompts, generate
+from ..viz.sources import token_table
 from .study import confidence_interval
-from .viz.sources import token_table
 
 __all__ = [
     "wilson_interval",
@@ -197,7 +197,7 @@ def study_accuracy(runs) -> pd.DataFrame:
     the same problems with the same sampling seed, so the first evaluation of runs from the same
     model agrees), and the mean training entropy over the first and the last quarter of its steps.
     ``runs``: run directories or :class:`~workbench.runs.Run` objects (e.g. ``load_results(root)["run"]``)."""
-    from .runs import Run, load_run
+    from ..runs import Run, load_run
 
     rows = []
     for item in runs:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .analysis import response_record
+from ..runs import response_record
 
-__all__ = ["METRICS", "METRIC_COLUMNS", "kept_sums", "step_sums", "step_row", "sample_records"]
+__all__ = ["METRICS", "METRIC_COLUMNS", "step_sums", "step_row", "sample_records"]
 
 #: Every column of ``metrics.jsonl`` and what it means.
 METRICS: dict[str, str] = {
@@ -60,79 +60,99 @@ METRICS: dict[str, str] = {
 METRIC_COLUMNS = tuple(METRICS)
 
 
-_KEPT = 8  # the length of kept_sums()
-
-
-def _response_sums(rewards, correct, lengths, truncated) -> list[float]:
-    """Sums over a set of responses (``[B]`` tensors): reward, correct, length, truncated, count."""
-    return [
-        float(rewards.sum()),
-        float(correct.float().sum()),
-        float(lengths.float().sum()),
-        float(truncated.float().sum()),
-        float(len(lengths)),
-    ]
-
-
-def _means(sums: list[float], entropy: float, tokens: float) -> dict:
-    reward, correct, length, truncated, count = sums
-    count = max(count, 1.0)
+def _response_sums(rewards, correct, lengths, truncated) -> dict[str, float]:
+    """Sums over a set of responses (``[B]`` tensors), by name."""
     return {
-        "reward": reward / count,
-        "accuracy": correct / count,
-        "response_len_mean": length / count,
-        "truncated_frac": truncated / count,
-        "entropy": entropy / max(tokens, 1.0),
+        "reward": float(rewards.sum()),
+        "correct": float(correct.float().sum()),
+        "length": float(lengths.float().sum()),
+        "truncated": float(truncated.float().sum()),
+        "responses": float(len(lengths)),
     }
 
 
-def kept_sums(batch, advantages: torch.Tensor) -> list[float]:
-    """This process's sums over the groups its update uses (a scored :class:`workbench.rollout.Batch`):
-    reward, correct, length, truncated, count, entropy, tokens, |advantage| (0 for an idle stand-in)."""
-    m = batch.response_mask & (not batch.idle)
-    sums = [
-        0.0 if batch.idle else x for x in _response_sums(batch.rewards, batch.correct, batch.lengths, batch.truncated)
-    ]
-    return sums + [float(batch.scored.entropies[m].sum()), float(m.sum()), float(advantages[m].abs().sum())]
+def _means(sums: dict[str, float]) -> dict[str, float]:
+    """The per-response and per-token means of a set's sums."""
+    responses = max(sums["responses"], 1.0)
+    return {
+        "reward": sums["reward"] / responses,
+        "accuracy": sums["correct"] / responses,
+        "response_len_mean": sums["length"] / responses,
+        "truncated_frac": sums["truncated"] / responses,
+        "entropy": sums["entropy"] / max(sums["tokens"], 1.0),
+    }
+
+
+def _kept_sums(batch, scored, advantages: torch.Tensor | None) -> dict[str, float]:
+    """Sums over the groups the update used (zeros without a batch, or for an idle stand-in)."""
+    if batch is None or batch.idle:
+        names = ("reward", "correct", "length", "truncated", "responses", "entropy", "tokens", "advantage_abs")
+        return dict.fromkeys(names, 0.0)
+    m = batch.response_mask
+    return {
+        **_response_sums(batch.rewards, batch.correct, batch.lengths, batch.truncated),
+        "entropy": float(scored.entropies[m].sum()),
+        "tokens": float(m.sum()),
+        "advantage_abs": float(advantages[m].abs().sum()),
+    }
 
 
 def step_sums(
-    sampled: list, used: list, kept: list[float] | None, unused_entropy: tuple[float, float], timeouts: int
-) -> list[float]:
-    """This process's sums for a step's row, to be added up over processes (then :func:`step_row`):
-    over every sampled group (the entropy of the ``used`` ones from ``kept``, of the others from
-    ``unused_entropy``), the ``kept`` sums, and the counts of groups, tokens and timeouts."""
+    sampled: list, kept: list, batch, scored, advantages, unused_entropy: tuple[float, float], timeouts: int
+) -> dict[str, float]:
+    """This process's sums for a step's row, by name, to be added up over processes (then
+    :func:`step_row`): ``sampled.*`` over every sampled group (the entropy of the ``kept`` ones
+    from the scored ``batch``, of the others from ``unused_entropy``), ``kept.*`` over the
+    ``batch`` the update used (the whole batch, also where each process updates on a share),
+    and the counts of groups, tokens and timeouts."""
     cat = lambda name: torch.cat([getattr(g, name) for g in sampled])  # noqa: E731
-    kept = kept or [0.0] * _KEPT
-    entropy = [unused_entropy[0] + kept[5], unused_entropy[1] + kept[6]]
-    counts = [len(used), len(sampled), sum(not g.informative for g in sampled), float(cat("lengths").sum()), timeouts]
-    return [*_response_sums(cat("rewards"), cat("correct"), cat("lengths"), cat("truncated")), *entropy, *kept, *counts]
-
-
-def step_row(totals: list[float], *, longest: float, rounds: int, kept: bool) -> dict:
-    """The metrics of a step from :func:`step_sums` added up over processes (see :data:`METRICS`);
-    the ``*_kept`` columns and ``advantage_abs_mean`` only when some groups were ``kept``."""
-    row = {**_means(totals[:5], *totals[5:7]), "response_len_max": int(longest)}
-    sums = totals[7 : 7 + _KEPT]
-    if kept:
-        means = _means(sums[:5], sums[5], sums[6])
-        row.update({f"{k}_kept": v for k, v in means.items() if k != "truncated_frac"})
-        row["advantage_abs_mean"] = sums[7] / max(sums[6], 1.0)
-    groups, seen, zero_std, generated, timeouts = (int(x) for x in totals[7 + _KEPT :])
-    return {
-        **row,
-        "groups": groups,
-        "groups_sampled": seen,
-        "frac_zero_std": zero_std / max(1, seen),
-        "sampling_rounds": rounds,
-        "generated_tokens": generated,
+    used = _kept_sums(batch, scored, advantages)
+    every = _response_sums(cat("rewards"), cat("correct"), cat("lengths"), cat("truncated"))
+    every["entropy"] = unused_entropy[0] + used["entropy"]
+    every["tokens"] = unused_entropy[1] + used["tokens"]
+    counts = {
+        "groups": len(kept),
+        "groups_sampled": len(sampled),
+        "zero_std": sum(not g.informative for g in sampled),
+        "generated_tokens": float(cat("lengths").sum()),
         "reward_timeouts": timeouts,
+    }
+    return {
+        **{f"sampled.{k}": v for k, v in every.items()},
+        **{f"kept.{k}": v for k, v in used.items()},
+        **{f"count.{k}": float(v) for k, v in counts.items()},
     }
 
 
-def sample_records(tokenizer, batch, advantages: torch.Tensor, groups: int) -> list[dict]:
-    """Per-token records (``samples.jsonl``) of the first ``groups`` groups of a scored batch."""
-    n, s, out = batch.group_size, batch.scored, []
+def _part(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k.removeprefix(prefix): v for k, v in sums.items() if k.startswith(prefix)}
+
+
+def step_row(totals: dict[str, float], *, longest: float, rounds: int, kept: bool) -> dict:
+    """The metrics of a step from :func:`step_sums` added up over processes (see :data:`METRICS`);
+    the ``*_kept`` columns and ``advantage_abs_mean`` only when some groups were ``kept``."""
+    row = {**_means(_part(totals, "sampled.")), "response_len_max": int(longest)}
+    if kept:
+        used = _part(totals, "kept.")
+        row.update({f"{k}_kept": v for k, v in _means(used).items() if k != "truncated_frac"})
+        row["advantage_abs_mean"] = used["advantage_abs"] / max(used["tokens"], 1.0)
+    counts = {k: int(v) for k, v in _part(totals, "count.").items()}
+    return {
+        **row,
+        "groups": counts["groups"],
+        "groups_sampled": counts["groups_sampled"],
+        "frac_zero_std": counts["zero_std"] / max(1, counts["groups_sampled"]),
+        "sampling_rounds": rounds,
+        "generated_tokens": counts["generated_tokens"],
+        "reward_timeouts": counts["reward_timeouts"],
+    }
+
+
+def sample_records(tokenizer, batch, scored, advantages: torch.Tensor, groups: int) -> list[dict]:
+    """Per-token records (``samples.jsonl``) of the first ``groups`` groups of ``batch`` with its
+    behaviour-policy statistics ``scored``."""
+    out = []
+    n, s = batch.group_size, scored
     for g in range(min(groups, batch.groups)):
         responses = []
         for i in range(g * n, (g + 1) * n):

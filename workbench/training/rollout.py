@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .generation import Generated
-from .rewards import grop_penalty, overlong_penalty
-from .tasks import Example, Task
+from ..models.generation import Generated
+from ..rewards import grop_penalty, overlong_penalty
+from ..tasks import Example, Task
 
 __all__ = ["Group", "Batch", "Scored", "groups_from", "compute_rewards", "collate", "check_overlong_budget"]
 
@@ -77,25 +77,27 @@ def groups_from(gen: Generated, examples: list[Example]) -> list[Group]:
 
 def compute_rewards(
     task: Task, groups: list[Group], *, format_reward: float = 0.0, overlong: tuple | None = None, grop: bool = False
-) -> None:
-    """Score every response of ``groups`` once with ``task`` and set each group's rewards:
+) -> list[Group]:
+    """``groups`` with their rewards: every response scored once by ``task``, then
 
     ``reward = score + format_reward * format + overlong penalty + GROP penalty``, where the
     overlong penalty (``overlong=(max_len, cache_len)``, DAPO's soft punishment) and GROP (the
-    paper's Appendix D, on the score plus format term) are added only when asked for.
+    paper's Appendix D, on the score plus format term) are added only when asked for. Returns
+    new groups; the ones passed in are left as they are.
     """
+    out = []
     for group in groups:
         scores = [task.reward(group.example, text) for text in group.texts]  # each response checked once
         outcome = [s + format_reward * task.format_reward(t) for s, t in zip(scores, group.texts)]
-        group.scores = torch.tensor(scores)
-        group.outcome = torch.tensor(outcome, dtype=torch.float64)
         base = torch.tensor(outcome, dtype=torch.float32)
         rewards = base.clone()
         if overlong is not None:
             rewards = rewards + overlong_penalty(group.lengths, max_len=overlong[0], cache_len=overlong[1])
         if grop:
             rewards = rewards + grop_penalty(base[None], group.lengths[None])[0]
-        group.rewards = rewards
+        outcome = torch.tensor(outcome, dtype=torch.float64)
+        out.append(replace(group, scores=torch.tensor(scores), outcome=outcome, rewards=rewards))
+    return out
 
 
 def check_overlong_budget(task: Task, tokenizer, max_new_tokens: int, cache_len: int) -> str | None:
@@ -134,7 +136,6 @@ class Batch:
     texts: list[str]  # [B]
     group_size: int
     idle: bool = False  # a stand-in at zero weight: this process has no group this step
-    scored: Scored | None = field(default=None, repr=False)
 
     @property
     def groups(self) -> int:
@@ -144,8 +145,9 @@ class Batch:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
-    def rows(self, first: int, last: int) -> Batch:
-        """Groups ``first`` to ``last - 1`` (whole groups, so that their statistics stay whole)."""
+    def rows(self, first: int, last: int, *, idle: bool = False) -> Batch:
+        """Groups ``first`` to ``last - 1`` (whole groups, so that their statistics stay whole);
+        ``idle``: the rows stand in at zero weight."""
         n = self.group_size
         rows = slice(first * n, last * n)
         picked = {}
@@ -157,10 +159,8 @@ class Batch:
                 value = value[rows]
             elif f.name in ("prompts", "answers"):
                 value = value[first:last]
-            elif f.name == "scored" and value is not None:
-                value = value.rows(rows)
             picked[f.name] = value
-        return Batch(**picked)
+        return Batch(**{**picked, "idle": idle})
 
 
 @dataclass
@@ -181,8 +181,9 @@ class Scored:
         )
 
 
-def collate(groups: list[Group], pad_token_id: int, device) -> Batch:
-    """Pad ``groups`` into one :class:`Batch` on ``device`` (responses cut to the longest one)."""
+def collate(groups: list[Group], pad_token_id: int, device, *, idle: bool = False) -> Batch:
+    """Pad ``groups`` into one :class:`Batch` on ``device`` (responses cut to the longest one);
+    ``idle``: a stand-in at zero weight (see :attr:`Batch.idle`)."""
     P = max(g.prompt_ids.shape[1] for g in groups)
     T = max(int(g.lengths.max()) for g in groups)
 
@@ -208,4 +209,5 @@ def collate(groups: list[Group], pad_token_id: int, device) -> Batch:
         answers=[g.example.answer for g in groups],
         texts=[t for g in groups for t in g.texts],
         group_size=groups[0].size,
+        idle=idle,
     )

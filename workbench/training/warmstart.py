@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._files import atomic_write_text, replace_dir
+from ..models.generation import accuracy
+from ..models.load import build_tiny_model, count_parameters, load_model, save_model
+from ..models.tokenizer import build_char_tokenizer
+from ..tasks import get_task
+from ..tasks.base import check_int
 from .config import DEFAULT_INIT
-from .generation import accuracy
-from .models import build_tiny_model, count_parameters, load_model, save_model
-from .runs import atomic_write_text, replace_dir
-from .tasks import get_task
-from .tasks.base import check_int
-from .tokenizer import build_char_tokenizer
 
 __all__ = ["warm_start", "sft_batch"]
 

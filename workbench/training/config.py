@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .algorithms import ALGORITHMS
-from .losses import AGGREGATIONS, LEVELS
+from ..algorithms import ALGORITHMS
+from ..losses import AGGREGATIONS, LEVELS
 
 __all__ = ["TrainConfig", "DEFAULT_INIT"]
 
@@ -33,7 +33,7 @@ _AT_LEAST_ONE = (
 )
 
 #: The shipped warm-start checkpoint (``python -m workbench warmstart`` rebuilds it).
-DEFAULT_INIT = str(Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "addition-warmstart")
+DEFAULT_INIT = str(Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "addition-warmstart")
 
 
 def _show(value) -> str:
@@ -178,7 +178,7 @@ class TrainConfig:
             self._check_type(f.name, getattr(self, f.name), types[f.name])
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm: unknown {self.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         if self.task not in TASKS:
             raise ValueError(f"task: unknown {self.task!r}; known: {', '.join(sorted(TASKS))}")
@@ -188,7 +188,7 @@ class TrainConfig:
             if options and value is not None and value not in options:
                 raise ValueError(f"{f.name} must be one of {options}, got {value!r}")
         if self.model not in ("default", "tiny"):
-            from .models import check_model_source
+            from ..models.load import check_model_source
 
             check_model_source(self.model)
         ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
@@ -248,7 +248,7 @@ class TrainConfig:
         if name == "algorithm":
             return tuple(sorted(ALGORITHMS))
         if name == "task":
-            from .tasks import TASKS
+            from ..tasks import TASKS
 
             return tuple(sorted(TASKS))
         return {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}[name]

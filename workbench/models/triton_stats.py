@@ -7,7 +7,7 @@ logits' dtype, with no ``[rows, vocab]`` float32 temporaries. Backward writes
 ``dz = g_logp * (onehot - p) - g_H * p * (log p + H)`` (divided by the temperature) over the
 logits buffer itself, in its dtype: a chunk's gradient costs no memory beyond its logits.
 
-:func:`workbench.entropy.token_stats_from_hidden` uses these kernels on CUDA (``impl="auto"``)
+:func:`workbench.models.scoring.token_stats_from_hidden` uses these kernels on CUDA (``impl="auto"``)
 after checking them once against the PyTorch path; the PyTorch path stays the CPU path and the
 reference. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (the tests do this).
 """

