@@ -940,7 +940,7 @@ def test_algorithm_validates_its_method_fields():
 
 
 def test_configs_of_the_new_algorithms_resolve():
-    from workbench.config import TrainConfig
+    from workbench.training.config import TrainConfig
 
     erc = TrainConfig(algorithm="erc").resolved_algorithm()
     assert (erc.loss_mode, erc.clip_ratio_c, erc.loss_mode_kwargs["erc_high"]) == ("erc", 3.0, 1.05)
