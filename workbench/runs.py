@@ -6,7 +6,8 @@
       config.json          resolved TrainConfig
       task.json            the task's account of its data: split sizes; a JSONL file's skipped lines
       metrics.jsonl        one row per RL step (columns and meanings: ``workbench.training.metrics.METRICS``)
-      eval.jsonl           held-out evaluations: step, greedy_accuracy, sampled_accuracy, entropy,
+      eval.jsonl           held-out evaluations: step, greedy_accuracy, sampled_accuracy, pass@k (with
+                           eval_samples > 1), entropy,
                            problems (how many were evaluated), reward_timeouts
       samples.jsonl        per-token records of a few rollout groups (one line per group)
       checkpoints/step_000050/   model (safetensors), tokenizer, optimizer/scheduler/RNG state,

@@ -14,7 +14,18 @@ from ..losses import AGGREGATIONS, LEVELS
 __all__ = ["TrainConfig", "DEFAULT_INIT"]
 
 #: Fields whose ``None`` means "the algorithm's own value" (resolved from the registry).
-_ALGORITHM_DEFAULTS = ("eps_low", "eps_high", "agg", "level", "beta_kl", "dynamic_sampling", "overlong_shaping")
+_ALGORITHM_DEFAULTS = (
+    "eps_low",
+    "eps_high",
+    "agg",
+    "level",
+    "beta_kl",
+    "dynamic_sampling",
+    "overlong_shaping",
+    "clip_ratio_c",
+    "top_entropy_quantile",
+    "top_entropy_scope",
+)
 
 _AT_LEAST_ONE = (
     "steps",
@@ -30,6 +41,7 @@ _AT_LEAST_ONE = (
     "keep_checkpoints",
     "max_bad_steps",
     "overlong_cache",
+    "eval_samples",
 )
 
 #: The shipped warm-start checkpoint (``python -m workbench warmstart`` rebuilds it).
@@ -88,11 +100,42 @@ class TrainConfig:
     agg: str | None = _field(None, "loss aggregation over tokens and responses", choices=AGGREGATIONS)
     level: str | None = _field(None, "importance ratio per token, or per response (GRPO-S's Eq. 10-11)", choices=LEVELS)
     beta_kl: float | None = _field(None, "weight of the k3 KL penalty to a frozen reference model (0: none)")
-    entropy_coef: float = _field(0.0, "weight of the entropy bonus (aggregated like the loss, as in verl)")
+    entropy_coef: float = _field(
+        0.0,
+        "weight of the entropy bonus (aggregated like the loss, as in verl); with entropy_coef_final, "
+        "its value at the first step; with entropy_target, the adaptive controller's start",
+    )
+    entropy_coef_final: float | None = _field(
+        None, "the entropy bonus's weight at the last step: linear from entropy_coef over the run (None: constant)"
+    )
+    entropy_target: float | None = _field(
+        None,
+        "the adaptive entropy bonus of Skywork-OR1 as in TRL (None: off): after each step, the weight rises by "
+        "entropy_coef_delta while the step's token-mean entropy is <= this target, else falls by it, within "
+        "[entropy_coef_min, entropy_coef_max]; the bonus applies only while the last entropy was <= the target "
+        "(TRL's target: 0.2)",
+    )
+    entropy_coef_delta: float = _field(0.005, "the adaptive entropy bonus's step (TRL's default)")
+    entropy_coef_min: float = _field(0.0, "the adaptive entropy bonus's lower bound (TRL's default)")
+    entropy_coef_max: float = _field(1.0, "the adaptive entropy bonus's upper bound (TRL's default)")
     clip_ratio_c: float | None = _field(
         None,
-        "verl's dual clip, e.g. 3.0: the loss of a token with negative "
-        "advantage is capped at -A * clip_ratio_c (None: off)",
+        "verl's dual clip, e.g. 3.0: the loss of a token with negative advantage is capped at -A * clip_ratio_c",
+    )
+    loss_mode_kwargs: dict = _field(
+        help='options of the algorithm\'s loss mode over its registered ones, e.g. {"kl_cov_ratio": 0.0002} '
+        "(clip_cov: clip_cov_ratio, clip_cov_lb, clip_cov_ub; kl_cov: kl_cov_ratio, ppo_kl_coef; erc: "
+        "erc_low, erc_high)",
+        factory=dict,
+    )
+    top_entropy_quantile: float | None = _field(
+        None, "train on the top rho of tokens by behaviour entropy only, the forking tokens (1: every token)"
+    )
+    top_entropy_scope: str | None = _field(
+        None,
+        "the set the forking-token threshold runs over: mini_batch (the optimizer step's rows, behaviour "
+        "entropies) or micro_batch (each loss call, current entropies: TRL)",
+        choices=("mini_batch", "micro_batch"),
     )
     dynamic_sampling: bool | None = _field(None, "drop groups whose rewards are all equal and sample more (DAPO)")
     max_sampling_rounds: int = _field(3, "cap on sampling rounds per step with dynamic sampling")
@@ -136,6 +179,11 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     eval_every: int = _field(50, "steps between held-out evaluations (and at the last step)")
     eval_size: int = _field(128, "held-out problems per evaluation (at most the task's held-out split)")
+    eval_samples: int = _field(
+        1,
+        "sampled replies per held-out problem: sampled_accuracy over all of them, and pass@k for k = 1, 2, 4, ... "
+        "up to eval_samples (the unbiased estimator) in eval.jsonl",
+    )
     log_groups: int = _field(2, "rollout groups written to samples.jsonl when samples are logged")
     log_samples_every: int = _field(10, "steps between logged samples (and step 1)")
     save_every: int = _field(
@@ -192,6 +240,7 @@ class TrainConfig:
 
             check_model_source(self.model)
         ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
+        self.resolved_algorithm()  # the loss settings together (loss_mode_kwargs, clip_ratio_c, forking tokens)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
 
@@ -208,6 +257,11 @@ class TrainConfig:
             "weight_decay",
             "max_grad_norm",
             "entropy_coef",
+            "entropy_coef_final",
+            "entropy_target",
+            "entropy_coef_delta",
+            "entropy_coef_min",
+            "entropy_coef_max",
             "format_reward",
             "eps_low",
             "eps_high",
@@ -237,6 +291,17 @@ class TrainConfig:
         lo, hi = self.resolved("eps_low"), self.resolved("eps_high")
         if hi < lo:
             raise ValueError(f"eps_high ({hi}) must be >= eps_low ({lo}): clip-higher widens the upper bound")
+        if self.entropy_target is not None and self.entropy_coef_final is not None:
+            raise ValueError(
+                "entropy_target (the adaptive bonus) and entropy_coef_final (the linear schedule) exclude each "
+                "other: set one of them"
+            )
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(
+                f"entropy_coef_min ({self.entropy_coef_min}) must be <= entropy_coef_max ({self.entropy_coef_max})"
+            )
+        if self.top_entropy_quantile is not None and not 0 < self.top_entropy_quantile <= 1:
+            raise ValueError(f"top_entropy_quantile must be in (0, 1], got {self.top_entropy_quantile!r}")
         if self.overlong_cache > self.max_new_tokens:
             raise ValueError(
                 f"overlong_cache ({self.overlong_cache}) must be <= max_new_tokens ({self.max_new_tokens})"
@@ -317,11 +382,17 @@ class TrainConfig:
         return getattr(algo, name)
 
     def resolved_algorithm(self):
-        """The registry's :class:`~workbench.algorithms.Algorithm` with this config's loss settings
-        and advantage options (the algorithm's own ``advantage_kwargs`` updated by the config's)."""
+        """The registry's :class:`~workbench.algorithms.Algorithm` with this config's loss settings,
+        advantage and loss-mode options (the algorithm's own updated by the config's)."""
         algo = ALGORITHMS[self.algorithm]
         kwargs = {**algo.advantage_kwargs, **self.advantage_kwargs}
-        return algo.replace(**{k: self.resolved(k) for k in _ALGORITHM_DEFAULTS}, advantage_kwargs=kwargs)
+        mode = {**algo.loss_mode_kwargs, **self.loss_mode_kwargs}
+        resolved = {k: self.resolved(k) for k in _ALGORITHM_DEFAULTS}
+        return algo.replace(**resolved, advantage_kwargs=kwargs, loss_mode_kwargs=mode)
+
+    def entropy_bonus(self) -> bool:
+        """Whether an entropy bonus may be on at some step (constant, scheduled or adaptive)."""
+        return self.entropy_coef > 0 or bool(self.entropy_coef_final) or self.entropy_target is not None
 
     def to_dict(self, resolve: bool = True) -> dict:
         data = dataclasses.asdict(self)

@@ -5,7 +5,8 @@ training loop reads the same whatever the process count:
 
 - :func:`check_config`: the settings several processes support;
 - :func:`share` / :func:`my_groups`: a process's contiguous share of prompts or groups;
-- :func:`any_process`, :func:`sum_over_processes`, :func:`sum_by_name`, :func:`max_over_processes`,
+- :func:`any_process`, :func:`sum_over_processes`, :func:`sum_by_name`, :func:`gather_values`,
+  :func:`max_over_processes`,
   :func:`main_decides`, :func:`all_finite`, :func:`reduce_metrics`: decisions and statistics
   taken together;
 - :func:`shard_fsdp`, :func:`full_state`, :func:`load_full_state`: FSDP (parameters, gradients
@@ -23,6 +24,7 @@ __all__ = [
     "any_process",
     "sum_over_processes",
     "sum_by_name",
+    "gather_values",
     "max_over_processes",
     "main_decides",
     "all_finite",
@@ -110,6 +112,18 @@ def sum_by_name(accelerator, sums: dict[str, float]) -> dict[str, float]:
     """Named sums added up over the processes (every process holds the same names)."""
     names = sorted(sums)
     return dict(zip(names, sum_over_processes(accelerator, *(sums[k] for k in names))))
+
+
+def gather_values(accelerator, values: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D ``values`` (of any length, also none) in one tensor, process by process."""
+    if accelerator.num_processes == 1:
+        return values
+    count = torch.tensor([values.numel()], device=accelerator.device)
+    counts = accelerator.gather(count).tolist()
+    padded = torch.zeros(max(counts), dtype=values.dtype, device=accelerator.device)
+    padded[: values.numel()] = values
+    gathered = accelerator.gather(padded).view(len(counts), -1)
+    return torch.cat([row[:n] for row, n in zip(gathered, counts)])
 
 
 def max_over_processes(accelerator, value: float) -> float:

@@ -48,7 +48,7 @@ class ModelRunner:
         (only the response positions' are computed; every row's prompt is computed)."""
         kwargs = {"temperature": self.config.temperature, "method": "logits" if self.fsdp else "auto"}
         kwargs["group_size"] = group_size
-        entropy_grad = grad and self.config.entropy_coef > 0
+        entropy_grad = grad and self.config.entropy_bonus()
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return token_stats_from_model(
                 model,

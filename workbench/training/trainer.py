@@ -27,11 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runs
-from ..losses import policy_loss
+from ..exploration import k_values, mean_pass_at_k
+from ..losses import policy_loss, top_entropy_threshold
 from ..tasks import get_task
 from . import distributed, metrics
 from .checkpoints import restore_training, save_training, verify_checkpoint
 from .config import TrainConfig
+from .entropy_bonus import EntropyBonus
 from .loading import load_policy, make_accelerator
 from .metrics import METRIC_COLUMNS
 from .rollout import Batch, Group, Scored, check_overlong_budget, collate, compute_rewards, groups_from
@@ -72,8 +74,12 @@ class Trainer:
         self.sharded_rollout = self.world > 1 and c.rollout == "sharded"
         self.fused_update = _fused_update(c, replicated=self.world > 1 and not self.sharded_rollout)
         distributed.check_config(c, self.world, self.algorithm.advantage_kwargs)
-        loss = {"beta_kl": self.algorithm.beta_kl, "entropy_coef": c.entropy_coef, "clip_ratio_c": c.clip_ratio_c}
-        self.loss_kwargs = {**self.algorithm.loss_kwargs(), **loss, "norm_len": c.max_new_tokens}
+        self.loss_kwargs = {
+            **self.algorithm.loss_kwargs(),
+            "beta_kl": self.algorithm.beta_kl,
+            "norm_len": c.max_new_tokens,
+        }
+        self.entropy_bonus = EntropyBonus(c)
         self.task = get_task(c.task, **c.task_params)
         self.model, self.tokenizer = load_policy(c)
         self.runner = ModelRunner(c, self.tokenizer, self.accelerator, fsdp=self.fsdp)
@@ -229,8 +235,9 @@ class Trainer:
     def advantages(self, batch: Batch, scored: Scored) -> torch.Tensor:
         """``[B, T]`` advantages of the batch's groups from their rewards and entropies."""
         n, G, T = batch.group_size, batch.groups, batch.response_mask.shape[1]
-        rewards, entropies = batch.rewards.view(G, n), scored.entropies.view(G, n, T)
-        return self.algorithm.advantages(rewards, entropies, batch.response_mask.view(G, n, T)).view(G * n, T)
+        rewards, entropies, logp_old = batch.rewards.view(G, n), scored.entropies.view(G, n, T), scored.old_logp
+        mask = batch.response_mask.view(G, n, T)
+        return self.algorithm.advantages(rewards, entropies, mask, logp_old=logp_old.view(G, n, T)).view(G * n, T)
 
     def metrics_row(self, step: int, sums: dict, sampled: list[Group], rounds: int, update: dict, *, lr, timer) -> dict:
         """The step's row of ``metrics.jsonl`` (see :data:`workbench.training.metrics.METRICS`)
@@ -263,7 +270,8 @@ class Trainer:
         c = self.config
         if not self.sharded_rollout:
             batch, scored, advantages = distributed.my_groups(batch, scored, advantages, self.accelerator)
-        gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))
+        gen = torch.Generator().manual_seed(_seed_for(c.seed, step, 7))  # mini-batch order, Clip-Cov's draw
+        coef = self.entropy_bonus.value(step)
         sums, grad_norms = {}, []
         self.model.train()
         for _ in range(c.ppo_epochs):
@@ -271,30 +279,66 @@ class Trainer:
             if self.fused_update:  # one mini-batch in row order, matching the scored rows
                 order = torch.arange(advantages.shape[0], device=advantages.device)
             for mb in order.chunk(c.minibatches):
-                terms, grad_norm = self._optimizer_step(batch, scored, advantages, mb)
+                terms, grad_norm = self._optimizer_step(batch, scored, advantages, mb, coef=coef, generator=gen)
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v
                 grad_norms += [] if grad_norm is None else [grad_norm]
         out = {k: v / (c.ppo_epochs * c.minibatches) for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         weight = 0.0 if batch.idle else float(batch.response_mask.sum())
-        return distributed.reduce_metrics(self.accelerator, out, weight)
+        out = distributed.reduce_metrics(self.accelerator, out, weight)
+        if "entropy" in out:  # the loss's aggregate of the current entropies, not the row's sampled entropy
+            out["policy_entropy"] = out.pop("entropy")
+        if c.entropy_bonus():
+            out["entropy_coef"] = coef
+            self.entropy_bonus.observe(self._mean_entropy(batch, scored))
+        return out
+
+    def _mean_entropy(self, batch: Batch, scored: Scored) -> float:
+        """The token-mean behaviour entropy of the batch the step updated on, over every process."""
+        m = batch.response_mask & (not batch.idle)
+        total, tokens = float(scored.entropies[m].sum()), float(m.sum())
+        if self.world > 1:
+            total, tokens = distributed.sum_over_processes(self.accelerator, total, tokens)
+        return total / max(tokens, 1.0)
+
+    def _forking_keep(self, batch: Batch, scored: Scored, mb: torch.Tensor) -> torch.Tensor | None:
+        """The forking tokens of the optimizer step's rows ``mb`` (``[B, T]``, false outside them):
+        valid tokens whose behaviour entropy reaches the ``1 - top_entropy_quantile`` quantile of
+        the step's valid tokens on every process (``None`` when off or done per loss call)."""
+        algo = self.algorithm
+        if algo.top_entropy_quantile == 1 or algo.top_entropy_scope != "mini_batch":
+            return None
+        mask = batch.response_mask[mb] & (not batch.idle)
+        values = scored.entropies[mb][mask]
+        if self.world > 1:
+            values = distributed.gather_values(self.accelerator, values)
+        threshold = top_entropy_threshold(
+            values[None], torch.ones_like(values[None], dtype=torch.bool), algo.top_entropy_quantile
+        )
+        keep = torch.zeros_like(batch.response_mask)
+        keep[mb] = mask & (scored.entropies[mb] >= threshold)
+        return keep
 
     def _optimizer_step(
-        self, batch: Batch, scored: Scored, advantages: torch.Tensor, mb: torch.Tensor
+        self, batch: Batch, scored: Scored, advantages: torch.Tensor, mb: torch.Tensor, *, coef: float, generator
     ) -> tuple[dict, float | None]:
         """One optimizer step on the rows ``mb``, micro-batch by micro-batch. Its loss normaliser
         is its own (all processes') token or sequence count, shared by its micro-batches, so their
         losses add up to the mini-batch's mean; DDP averages gradients over the processes, so each
-        process's loss (its share of the global sum) is scaled by their number (0 when idle)."""
+        process's loss (its share of the global sum) is scaled by their number (0 when idle). The
+        forking tokens, when trained on alone, are chosen over the whole step's rows."""
         c = self.config
+        keep = self._forking_keep(batch, scored, mb)
         local = 0.0 if batch.idle else self._loss_denominator(batch.response_mask[mb])
         denominator = distributed.sum_over_processes(self.accelerator, local)[0] if self.world > 1 else local
         micro = c.micro_batch_size or len(mb)
         n_micro = math.ceil(len(mb) / micro)
         sums, finite = {}, True
         for idx in mb.split(micro):
-            loss, terms = self._loss(batch, scored, advantages, idx, denominator)
+            loss, terms = self._loss(
+                batch, scored, advantages, idx, denominator, coef=coef, keep=keep, generator=generator
+            )
             if not distributed.all_finite(self.accelerator, loss):
                 finite = False
                 break
@@ -317,8 +361,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sums, float(grad_norm)
 
-    def _loss(self, batch: Batch, scored: Scored, advantages: torch.Tensor, idx: torch.Tensor, denominator: float):
-        """The policy loss of rows ``idx`` (cut to their longest response)."""
+    def _loss(self, batch: Batch, scored: Scored, advantages, idx, denominator: float, *, coef: float, keep, generator):
+        """The policy loss of rows ``idx`` (cut to their longest response), with the tensors the
+        algorithm's loss needs: the current entropies (an entropy bonus; ERC), the behaviour ones
+        (Clip-Cov, KL-Cov and ERC read them from the loss call), the forking tokens."""
         s, T = scored, int(batch.response_mask[idx].sum(-1).max())
         cut = lambda x: None if x is None else x[idx][:, :T]  # noqa: E731
         ids = batch.input_ids[idx][:, : batch.input_ids.shape[1] - batch.response_mask.shape[1] + T]
@@ -327,7 +373,16 @@ class Trainer:
             logp, ent = cut(s.logp), cut(s.entropies_grad)
         else:
             logp, ent = self.runner.token_stats(self.model, ids, attn, mask, grad=True)
-        terms = {"logp_ref": cut(s.ref_logp), "entropies": ent if self.config.entropy_coef > 0 else None}
+        needs = self.algorithm.loss_tensors
+        terms = {
+            "logp_ref": cut(s.ref_logp),
+            "entropies": ent if coef > 0 or "entropies" in needs else None,
+            "entropies_old": cut(s.entropies) if "entropies_old" in needs else None,
+            "top_entropy_keep": cut(keep),
+            "entropy_coef": coef,
+        }
+        if self.algorithm.loss_mode == "clip_cov":
+            terms["generator"] = generator
         return policy_loss(
             logp, cut(s.old_logp), cut(advantages), mask, denominator=denominator, **terms, **self.loss_kwargs
         )
@@ -353,15 +408,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy and sampled (one sample, at the training temperature) held-out accuracy, the
-        sampled responses' mean token entropy, the number of problems and of reward timeouts."""
-        exs, timeouts = self.eval_examples, self.task.timeouts
+        """Held-out greedy accuracy, sampled accuracy over ``eval_samples`` replies per problem (at
+        the training temperature) and pass@k from them (k = 1, 2, 4, ... up to ``eval_samples``:
+        the unbiased estimator, averaged over problems), the sampled replies' mean token entropy,
+        the number of problems and of reward timeouts."""
+        exs, timeouts, n = self.eval_examples, self.task.timeouts, self.config.eval_samples
         out = {}
         with torch.random.fork_rng(devices=[] if self.accelerator.device.type == "cpu" else None):
             torch.manual_seed(EVAL_SEED)
-            for name, sample in (("greedy", False), ("sampled", True)):
-                gen = self.runner.generate(self.unwrapped, [e.prompt for e in exs], 1, do_sample=sample)
-                out[f"{name}_accuracy"] = sum(self.task.reward(e, t) > 0.5 for e, t in zip(exs, gen.texts)) / len(exs)
+            for name, sample, replies in (("greedy", False, 1), ("sampled", True, n)):
+                gen = self.runner.generate(self.unwrapped, [e.prompt for e in exs], replies, do_sample=sample)
+                right = [
+                    self.task.reward(e, t) > 0.5 for e, t in zip((e for e in exs for _ in range(replies)), gen.texts)
+                ]
+                out[f"{name}_accuracy"] = sum(right) / len(right)
+        if n > 1:
+            correct = [sum(right[i * n : (i + 1) * n]) for i in range(len(exs))]
+            out.update({f"pass@{k}": mean_pass_at_k([n] * len(exs), correct, k) for k in k_values(n)})
         T = int(gen.response_mask.sum(-1).max())  # the sampled responses
         ids = torch.cat([gen.prompt_ids, gen.response_ids[:, :T]], 1)
         attn = torch.cat([gen.prompt_mask, gen.response_mask[:, :T].long()], 1)
@@ -381,7 +444,11 @@ class Trainer:
             tokenizer=self.tokenizer,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            meta={"skipped_updates": self.skipped_updates, "bad_steps": self.bad_steps},
+            meta={
+                "skipped_updates": self.skipped_updates,
+                "bad_steps": self.bad_steps,
+                **self.entropy_bonus.state_dict(),
+            },
             keep=self.config.keep_checkpoints,
             fsdp=self.fsdp,
             is_main=self.is_main,
@@ -395,6 +462,7 @@ class Trainer:
         meta = restore_training(self.run_dir, **parts, fsdp=self.fsdp)
         if meta is not None:
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
+            self.entropy_bonus.load_state_dict(meta)
         if self.is_main:
             if meta is not None:
                 runs.check_history(self.run_dir, self.step, self.config.eval_every)
