@@ -54,19 +54,20 @@ for _line in sys.stdin:
 
 class BoundedChild:
     """A child process running ``code`` (imports and a ``handle(request) -> dict`` function), started
-    on first use and again after a kill. :meth:`ask` sends one JSON request and returns the child's
-    answer (``{"status": "ok", ...}`` or ``{"status": "error", "error": ...}``), or
-    ``{"status": "timeout"}`` when the deadline passed. Thread-safe: one request at a time (callers
-    may hold :attr:`lock` across several requests)."""
+    on first use and again after a kill, with ``env`` added to this process's environment.
+    :meth:`ask` sends one JSON request and returns the child's answer (``{"status": "ok", ...}`` or
+    ``{"status": "error", "error": ...}``), or ``{"status": "timeout"}`` when the deadline passed.
+    Thread-safe: one request at a time (callers may hold :attr:`lock` across several requests)."""
 
-    def __init__(self, code: str, what: str, hint: str = "", start_timeout: float = 120.0):
+    def __init__(self, code: str, what: str, hint: str = "", start_timeout: float = 120.0, env: dict | None = None):
         self.code, self.what, self.hint, self.start_timeout = code + "\n" + _LOOP, what, hint, start_timeout
+        self.env = dict(env or {})
         self.pid = os.getpid()
         self.lock = threading.RLock()
         self._proc: subprocess.Popen | None = None
 
     def _start(self) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", **self.env}
         proc = subprocess.Popen(
             [sys.executable, "-c", self.code],
             stdin=subprocess.PIPE,
