@@ -85,6 +85,7 @@ class JsonlTask(Task):
         self.path, self.lenient, self.eval_fraction, self.suffix = Path(path), lenient, eval_fraction, suffix
         self.skipped: list[tuple[int, str]] = []
         self.examples = self._load()
+        self._answers = {e.prompt: e.answer for e in self.examples}  # a question's answers all agree
         if self.skipped:
             first = ", ".join(f"line {number}: {problem}" for number, problem in self.skipped[:3])
             warnings.warn(
@@ -194,6 +195,10 @@ class JsonlTask(Task):
             "skipped_lines": len(skipped),
             "skipped": skipped,
         }
+
+    def answer_for(self, prompt: str) -> str | None:
+        """The file's answer to the question of ``prompt`` (``question + suffix``)."""
+        return self._answers.get(prompt)
 
     def split_size(self, split: str) -> int:
         self._check_split(split, 1)

@@ -213,6 +213,7 @@ class WordArithmetic(Task):
                 self.splits["eval" if held_out else "train"] += [
                     e for e in examples if held_out or e.meta["phrasing"] == "train"
                 ]
+        self._answers = {e.prompt: e.answer for examples in self.splits.values() for e in examples}
         self._groups = {
             (split, group): [e for e in examples if e.meta.get("phrasing") == group]
             for split, examples in self.splits.items()
@@ -302,6 +303,10 @@ class WordArithmetic(Task):
             info["phrasings"] = "varied"
             info["eval_problems_by_phrasing"] = {g: self.split_size("eval", g) for g in PHRASING_GROUPS}
         return info
+
+    def answer_for(self, prompt: str) -> str | None:
+        """The answer of one of the task's questions (``None`` for any other text)."""
+        return self._answers.get(prompt)
 
     def extract_answer(self, completion: str) -> str | None:
         value = extract_final_answer(completion)
