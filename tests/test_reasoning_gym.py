@@ -6,6 +6,7 @@ import functools
 import importlib.metadata
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -147,7 +148,7 @@ def test_the_problems_are_the_same_in_every_process():
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],
-            env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": os.getcwd()},
+            env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
             capture_output=True,
             text=True,
             check=True,
@@ -253,15 +254,17 @@ def test_smollm2_chat_template_and_replies():
     from workbench.models import load_model
 
     model, tokenizer = load_model(NAME)
-    for dataset in sorted(SHORT):
-        t = task(dataset, answer_format="tags")
-        examples = t.generate("eval", 2, 0)
-        prompts = format_prompts(tokenizer, [e.prompt for e in examples])
-        for prompt, example in zip(prompts, examples):
-            assert prompt.endswith(f"<|im_start|>user\n{example.prompt}<|im_end|>\n<|im_start|>assistant\n")
-            assert tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"]) == prompt
-            assert t.reward(example, example.solution) == 1.0
-        out = generate(model.eval(), tokenizer, prompts, max_new_tokens=24, do_sample=False)
-        assert len(out.texts) == 2
-        assert all(t.reward(e, text) in (0.0, 1.0) for e, text in zip(examples, out.texts))
-        assert t.timeouts == 0
+    pairs = [
+        (task(d, answer_format="tags"), e)
+        for d in sorted(SHORT)
+        for e in task(d, answer_format="tags").generate("eval", 2, 0)
+    ]
+    prompts = format_prompts(tokenizer, [e.prompt for _, e in pairs])
+    for prompt, (t, example) in zip(prompts, pairs):
+        assert prompt.endswith(f"<|im_start|>user\n{example.prompt}<|im_end|>\n<|im_start|>assistant\n")
+        assert tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"]) == prompt
+        assert t.reward(example, example.solution) == 1.0
+    out = generate(model.eval(), tokenizer, prompts, max_new_tokens=24, do_sample=False)  # one batch: both datasets
+    assert len(out.texts) == len(pairs) == 4
+    assert all(t.reward(e, text) in (0.0, 1.0) for (t, e), text in zip(pairs, out.texts))
+    assert all(t.timeouts == 0 for t, _ in pairs)
