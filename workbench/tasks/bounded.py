@@ -48,7 +48,11 @@ for _line in sys.stdin:
         _out = {"status": "error", "error": f"{type(e).__name__}: {e}"[:300]}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    print(json.dumps(_out), flush=True)
+    try:
+        _line = json.dumps(_out)
+    except (TypeError, ValueError) as e:
+        _line = json.dumps({"status": "error", "error": f"the answer is not JSON: {e}"[:300]})
+    print(_line, flush=True)
 """
 
 

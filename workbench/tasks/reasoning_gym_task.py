@@ -128,6 +128,9 @@ def _pickled(entry):
     except Exception:
         return None
 
+def _text(answer):
+    return None if answer is None else str(answer)
+
 def handle(req):
     spec, op = req["spec"], req["op"]
     if op == "generate":
@@ -138,7 +141,7 @@ def handle(req):
         except Exception as e:
             return {"bad_config": " ".join(f"{type(e).__name__}: {e}".split())[:300]}
         entries = (dataset[i] for i in range(spec["size"]))
-        return {"problems": [[str(e["question"]), e["answer"], _pickled(e)] for e in entries]}
+        return {"problems": [[str(e["question"]), _text(e["answer"]), _pickled(e)] for e in entries]}
     key = json.dumps(spec, sort_keys=True)
     if op == "load":
         _dataset(spec)
