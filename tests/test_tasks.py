@@ -112,7 +112,7 @@ def test_bad_task_input():
         get_task("jsonl", path="/nowhere.jsonl")
     with pytest.raises(ValueError, match="split must be"):
         get_task("addition").generate("test", 3, 0)
-    assert set(TASKS) == {"addition", "chain", "jsonl", "word_arithmetic"}
+    assert set(TASKS) == {"addition", "chain", "jsonl", "reasoning_gym", "word_arithmetic"}
 
 
 @pytest.mark.parametrize(

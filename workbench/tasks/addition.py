@@ -7,8 +7,11 @@ separator and the sum. Compact so that a 1 M-parameter character model can learn
 from __future__ import annotations
 
 import random
+import re
 
 from .base import SEPARATOR, Example, Task, check_int, register_task
+
+_PROMPT = re.compile(r"(\d+)\+(\d+)=")
 
 
 def addition_solution(a: int, b: int) -> str:
@@ -49,6 +52,11 @@ class Addition(Task):
     def worked_solutions(self, n: int = 256) -> list[str]:
         largest = self._operands[-1]  # 99...9 + 99...9: a carry out of every column, the longest solution
         return super().worked_solutions(n) + [addition_solution(largest, largest)]
+
+    def answer_for(self, prompt: str) -> str | None:
+        """The sum of an ``a+b=`` prompt (any number of digits)."""
+        match = _PROMPT.fullmatch(prompt)
+        return None if match is None else str(int(match[1]) + int(match[2]))
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"addition-{self.digits}-{split}-{seed}")

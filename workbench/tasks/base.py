@@ -69,6 +69,12 @@ class Task:
         (``None`` when too many to count), and, for data read from a file, what was skipped."""
         return {"task": self.name, "train_problems": self.split_size("train"), "eval_problems": self.split_size("eval")}
 
+    def answer_for(self, prompt: str) -> str | None:
+        """The gold answer of ``prompt`` under this task (what a figure shows beside a logged group
+        whose record does not store it), or ``None`` when the task cannot tell: the prompt is not
+        one of its problems, or not in its format. Each task implements it."""
+        return None
+
     def extract_answer(self, completion: str) -> str | None:
         """The text after the last separator, stripped; ``None`` if there is none."""
         if SEPARATOR not in completion:

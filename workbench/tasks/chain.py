@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 from .base import SEPARATOR, Example, Task, check_int, register_task
 
 OPS = "+-*"
+_PROMPT = re.compile(r"\d+(?:[+*-]\d+)+=")
 
 
 def chain_solution(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
@@ -50,6 +52,16 @@ class Chain(Task):
             return None
         step = list(itertools.product(OPS, range(1, m + 1)))
         return (_prompt(start, ops) for start in range(1, m + 1) for ops in itertools.product(step, repeat=self.steps))
+
+    def answer_for(self, prompt: str) -> str | None:
+        """The left-to-right value modulo 100 of a ``7+3*2-5=`` prompt (any length, any operands)."""
+        if not _PROMPT.fullmatch(prompt):
+            return None
+        parts = re.findall(r"([+*-]?)(\d+)", prompt)
+        value = int(parts[0][1])
+        for op, x in parts[1:]:
+            value = {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op] % 100
+        return str(value)
 
     def generate(self, split: str, n: int, seed: int) -> list[Example]:
         rng = random.Random(f"chain-{self.steps}-{self.max_operand}-{split}-{seed}")

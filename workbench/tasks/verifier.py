@@ -4,7 +4,7 @@ math-verify's own timeouts use ``signal.alarm``, which works only in a process's
 (not in a notebook widget's callback, a data-loader worker or a thread pool), and without them a
 completion such as ``9^9^9`` makes sympy compute for ever. So the checks run in a child process
 (Python with math-verify only, started on first use and shared by every task of this process),
-one request at a time:
+one request at a time, with the deadlines of :mod:`workbench.tasks.bounded`:
 
 - in the child, a ``SIGALRM`` deadline of ``timeout`` seconds (its main thread) stops a slow check;
 - in the parent, a hard deadline of ``timeout + KILL_MARGIN`` seconds kills the child if the check
@@ -18,46 +18,27 @@ compare text without calling math-verify, so one bad line in the data does not c
 from __future__ import annotations
 
 import atexit
-import json
 import os
-import select
-import subprocess
-import sys
 import threading
 import warnings
+
+from .bounded import KILL_MARGIN, BoundedChild
 
 __all__ = ["Verifier", "verify", "DEFAULT_TIMEOUT", "KILL_MARGIN"]
 
 DEFAULT_TIMEOUT = 5.0  #: seconds a check may take before it scores 0
-KILL_MARGIN = 2.0  #: extra seconds before the parent kills a child that did not answer
 
 _CHILD = r"""
-import json, logging, signal, sys
+import logging
 logging.disable(logging.CRITICAL)
 from math_verify import parse, verify
 
-class Deadline(BaseException):  # not an Exception: math-verify's own handlers let it through
-    pass
-
-def _alarm(signum, frame):
-    raise Deadline()
-
-signal.signal(signal.SIGALRM, _alarm)
-print(json.dumps({"ready": True}), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    signal.setitimer(signal.ITIMER_REAL, req["timeout"])
+def handle(req):
     try:
         gold, answer = parse(req["gold"], parsing_timeout=None), parse(req["answer"], parsing_timeout=None)
-        equal = bool(verify(gold, answer, timeout_seconds=None)) if gold and answer else None
-        out = {"status": "ok", "equal": equal}
-    except Deadline:
-        out = {"status": "timeout"}
+        return {"equal": bool(verify(gold, answer, timeout_seconds=None)) if gold and answer else None}
     except Exception as e:
-        out = {"status": "ok", "equal": None, "error": type(e).__name__}
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    print(json.dumps(out), flush=True)
+        return {"equal": None, "error": type(e).__name__}
 """
 
 
@@ -67,66 +48,16 @@ class Verifier:
     def __init__(self):
         self.pid = os.getpid()
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._child = BoundedChild(_CHILD, "math-verify checker", " (is math-verify installed?)")
         self._bad_gold: set[str] = set()
         self._good_gold: set[str] = set()
 
-    # ------------------------------------------------------------------ the child
-
-    def _start(self) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
-        if self._read(proc, 120.0) != {"ready": True}:  # importing sympy takes a second or two
-            self._kill(proc)
-            raise RuntimeError("the math-verify checker process did not start (is math-verify installed?)")
-        return proc
-
-    @staticmethod
-    def _read(proc: subprocess.Popen, timeout: float) -> dict | None:
-        """The child's next line as JSON, or ``None`` if none came within ``timeout`` seconds."""
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = proc.stdout.readline()
-        return json.loads(line) if line else None
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            stream.close()
-
     def close(self) -> None:
-        with self._lock:
-            if self._proc is not None:
-                self._kill(self._proc)
-                self._proc = None
+        self._child.close()
 
     def _ask(self, gold: str, answer: str, timeout: float) -> dict:
         """One request: ``{"status": "ok", "equal": ...}`` or ``{"status": "timeout"}``."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = self._start()
-        request = json.dumps({"gold": gold, "answer": answer, "timeout": timeout})
-        try:
-            self._proc.stdin.write(request + "\n")
-            self._proc.stdin.flush()
-            reply = self._read(self._proc, timeout + KILL_MARGIN)
-        except (BrokenPipeError, OSError, json.JSONDecodeError):
-            reply = None
-        if reply is None:  # stuck where the alarm cannot reach, or gone: a fresh child next time
-            self._kill(self._proc)
-            self._proc = None
-            return {"status": "timeout"}
-        return reply
+        return self._child.ask({"gold": gold, "answer": answer}, timeout)
 
     # ------------------------------------------------------------------ checks
 
@@ -151,7 +82,7 @@ class Verifier:
                 self._good_gold.add(gold)
         if reply["status"] == "timeout":
             return False, True
-        equal = reply["equal"]
+        equal = reply.get("equal")
         return (gold.strip() == answer.strip() if equal is None else bool(equal)), False
 
 

@@ -12,7 +12,8 @@ Figures accept the forms a notebook has at hand and convert them here:
 
 from __future__ import annotations
 
-import re
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,28 +231,40 @@ def _is_record(obj) -> bool:
     return isinstance(obj, dict) and "responses" in obj
 
 
+#: Tasks built for :func:`gold_answer`, by their settings (a JSONL file also by its size and time):
+#: the records of one run ask the same task many times.
+_TASKS: dict[str, object] = {}
+_TASKS_KEPT = 8
+
+
+def _task(name, params: dict):
+    from ..tasks import get_task
+
+    key = json.dumps([name, params], sort_keys=True, default=str)
+    if isinstance(params.get("path"), str):
+        try:
+            stat = os.stat(params["path"])
+            key += f" {stat.st_size} {stat.st_mtime_ns}"
+        except OSError:
+            pass
+    if key not in _TASKS:
+        task = get_task(name, **params)
+        while len(_TASKS) >= _TASKS_KEPT:
+            _TASKS.pop(next(iter(_TASKS)))
+        _TASKS[key] = task
+    return _TASKS[key]
+
+
 def gold_answer(config: dict, prompt: str) -> str:
     """The gold answer of ``prompt`` under a run's task, for ``samples.jsonl`` records that do not
-    store it: the sum of an ``addition`` prompt, the left-to-right value modulo 100 of a ``chain``,
-    the file's answer of a ``jsonl`` question; ``""`` when it cannot be told."""
-    task = config.get("task")
+    store it: the task's own :meth:`~workbench.tasks.Task.answer_for` (the sum of an ``addition``
+    prompt, the left-to-right value modulo 100 of a ``chain``, the file's answer of a ``jsonl``
+    question, ...); ``""`` when it cannot be told."""
     try:
-        if task == "addition":
-            return str(sum(int(x) for x in prompt.rstrip("=").split("+")))
-        if task == "chain":
-            parts = re.findall(r"([+*-]?)(\d+)", prompt)
-            value = int(parts[0][1])
-            for op, x in parts[1:]:
-                value = {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op] % 100
-            return str(value)
-        if task == "jsonl":
-            from ..tasks import get_task
-
-            examples = get_task("jsonl", **(config.get("task_params") or {})).examples
-            return next((e.answer for e in examples if e.prompt == prompt), "")
-    except (ValueError, KeyError, IndexError, OSError):
+        answer = _task(config.get("task"), dict(config.get("task_params") or {})).answer_for(prompt)
+    except (ValueError, TypeError, KeyError, IndexError, OSError, ImportError, RuntimeError):
         return ""
-    return ""
+    return answer or ""
 
 
 def run_samples(run) -> list[dict]:
