@@ -153,3 +153,43 @@ def test_train_help_lists_the_new_algorithms_and_options(capsys):
         "--top-entropy-quantile",
     ):
         assert option in text, option
+
+
+def test_evaluation_reports_held_out_phrasings_beside_the_trained_ones(tmp_path):
+    from workbench.tasks import get_task
+
+    config = dict(
+        model="tiny",
+        model_params={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
+        task="word_arithmetic",
+        task_params={"phrasings": "varied"},
+        algorithm="grpo",
+        steps=1,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=4,
+        eval_size=30,
+        eval_samples=2,
+        output_dir=str(tmp_path / "run"),
+    )
+    trainer = Trainer(config, progress=False)
+    groups = {e.meta["phrasing"] for e in trainer.eval_examples}
+    assert groups == {"train", "held_out"}
+    right = {}
+    real = trainer.task.reward
+
+    def spy(example, text):
+        value = real(example, text)
+        right.setdefault(example.meta["phrasing"], []).append(value > 0.5)
+        return value
+
+    trainer.task.reward = spy
+    ev = trainer.evaluate()
+    for group in groups:
+        assert f"greedy_accuracy_phrasing_{group}" in ev and f"sampled_accuracy_phrasing_{group}" in ev
+    # the greedy and sampled passes together: one greedy and two sampled replies per problem
+    held = [e for e in trainer.eval_examples if e.meta["phrasing"] == "held_out"]
+    assert len(right["held_out"]) == 3 * len(held)
+    plain = get_task("word_arithmetic")
+    assert "phrasing" not in plain.held_out(4, 0)[0].meta
+    trainer.close()

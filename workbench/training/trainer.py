@@ -422,6 +422,7 @@ class Trainer:
                     self.task.reward(e, t) > 0.5 for e, t in zip((e for e in exs for _ in range(replies)), gen.texts)
                 ]
                 out[f"{name}_accuracy"] = sum(right) / len(right)
+                out.update(_accuracy_by_phrasing(name, exs, right, replies))
         if n > 1:
             correct = [sum(right[i * n : (i + 1) * n]) for i in range(len(exs))]
             out.update({f"pass@{k}": mean_pass_at_k([n] * len(exs), correct, k) for k in k_values(n)})
@@ -521,6 +522,17 @@ def _fused_update(config: TrainConfig, *, replicated: bool) -> bool:
     (not with a replicated rollout: each process scores the whole batch, then updates its share)."""
     c = config
     return c.ppo_epochs == 1 and c.minibatches == 1 and c.micro_batch_size == 0 and not replicated
+
+
+def _accuracy_by_phrasing(name: str, examples, right: list[bool], replies: int) -> dict:
+    """``{name}_accuracy_phrasing_<group>`` for each phrasing group of held-out problems that carry
+    one (``meta["phrasing"]``: ``word_arithmetic(phrasings="varied")`` holds some phrasings out of
+    training entirely); nothing for tasks without phrasing groups."""
+    groups: dict[str, list[bool]] = {}
+    for j, example in enumerate(examples):
+        if "phrasing" in example.meta:
+            groups.setdefault(example.meta["phrasing"], []).extend(right[j * replies : (j + 1) * replies])
+    return {f"{name}_accuracy_phrasing_{group}": sum(r) / len(r) for group, r in sorted(groups.items())}
 
 
 def _others(sampled: list[Group], kept: list[Group]) -> list[Group]:
