@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .. import runs
 from .._files import atomic_write_text
@@ -48,40 +49,6 @@ ENTROPY_COLLAPSE = 0.25
 ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
 DONE = "DONE"  #: the marker of a study's finished cell
 MANIFEST = "manifest.json"
-
-# two-sided 95% Student t quantiles for 1..30 degrees of freedom
-_T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
 
 
 def setting_label(setting: dict) -> str:
@@ -251,15 +218,16 @@ def entropy_by_step(run, top: float = 0.2) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def confidence_interval(values) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided 95% Student-t interval."""
+def confidence_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of the finite ``values`` and the half-width of its two-sided Student-t interval
+    (95% by default; the quantile from ``scipy.stats.t`` with n - 1 degrees of freedom)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return float("nan"), float("nan")
     if len(x) == 1:
         return float(x[0]), float("nan")
-    t = _T95[min(len(x) - 2, len(_T95) - 1)]
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=len(x) - 1))
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
