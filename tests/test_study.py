@@ -65,6 +65,8 @@ def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
     assert list(more["chain_steps"]) == [3]
     stored = pd.read_csv(tmp_path / "results.csv")
     assert sorted(stored["chain_steps"]) == [2, 2, 2, 2, 3]
+    assert sorted(stored["run"])[0] == "runs/steps-2_task-chain/grpo-s0"  # relative to the study root
+    assert all(not r.startswith("/") and (tmp_path / r / "DONE").exists() for r in stored["run"])
 
 
 def test_confidence_interval_hand_values():

@@ -106,7 +106,8 @@ def run_grid(
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
         (path / DONE).write_text("ok\n")
     table = summarize(finished_runs(root))
-    table.to_csv(root / "results.csv", index=False)
+    stored = table.assign(run=[Path(r).relative_to(root).as_posix() for r in table["run"]])
+    stored.to_csv(root / "results.csv", index=False)  # runs relative to the study root: the study can move
     return table.set_index("run").loc[[str(p) for p, _ in cells]].reset_index()  # this call's cells, in order
 
 
@@ -276,18 +277,28 @@ def describe(table: pd.DataFrame, metric: str, *, by=("task", "chain_steps", "al
 
 
 def load_results(root) -> pd.DataFrame:
-    """The stored results table of a study (``<root>/results.csv``)."""
+    """The stored results table of a study (``<root>/results.csv``), its ``run`` column the run
+    directories under ``root`` (the file holds them relative to the study root)."""
     root = Path(root)
     path = root / "results.csv"
     if not path.exists():
         raise FileNotFoundError(f"no results table at {path}; run the study first")
     table = pd.read_csv(path)
-    # Run paths are stored as the study saw them; re-anchor them at this root, so a study
-    # read from another working directory or another checkout finds its runs.
-    table["run"] = [
-        str(root / Path(*Path(r).parts[-3:])) if Path(r).parts[-3:-2] == ("runs",) else r for r in table["run"]
-    ]
+    table["run"] = [str(_run_path(root, r)) for r in table["run"]]
     return table
+
+
+def _run_path(root: Path, stored: str) -> Path:
+    """Where a run of ``results.csv`` is, for the study at ``root``: ``run`` is relative to the study
+    root (``runs/<setting>/<algorithm>-s<seed>``); a table of an older version, which stored the path
+    the study saw (absolute, or relative to where it ran), is re-anchored at ``root`` by its last
+    three parts, so a study read from another working directory or another checkout finds its runs."""
+    path = Path(stored)
+    if not path.is_absolute() and path.parts[:1] == ("runs",):
+        return root / path
+    if path.parts[-3:-2] == ("runs",):
+        return root / Path(*path.parts[-3:])
+    return path if path.is_absolute() else root / path
 
 
 def save_manifest(root, command: str, **info) -> None:
@@ -307,7 +318,7 @@ class Study:
 
     root/
       manifest.json      the command that makes the study (and what else it records)
-      results.csv        one row per finished cell (:func:`summarize`)
+      results.csv        one row per finished cell (:func:`summarize`; ``run`` relative to root)
       runs/<setting>/<algorithm>-s<seed>/   run directories; DONE marks a finished one
       warmstarts/*.json  the warm starts the runs started from, where the study made its own
     """
