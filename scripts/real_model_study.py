@@ -179,7 +179,9 @@ def _threads() -> int:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default=str(ROOT / "data" / "results" / "smollm2"))
+    # Defaults relative to the working directory: a run's config.json records output_dir as given,
+    # so the stored study names no machine's checkout.
+    p.add_argument("--root", default=os.path.relpath(ROOT / "data" / "results" / "smollm2"))
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("difficulty", help="greedy and sampled accuracy of the model as shipped (held-out problems)")
     d.add_argument("--problems", type=int, default=128)
@@ -190,7 +192,7 @@ def main(argv=None) -> None:
     q.add_argument("--steps", type=int, default=3)
     q.add_argument("--algorithms", default="gtpo")
     q.add_argument("--overrides", default="{}", metavar="JSON", help="TrainConfig fields to change")
-    q.add_argument("--out", default=str(ROOT / "runs" / "smollm2-pilot"))
+    q.add_argument("--out", default=os.path.relpath(ROOT / "runs" / "smollm2-pilot"))
     q.set_defaults(func=pilot)
     s = sub.add_parser("study", help="the grid (resumable)")
     s.add_argument("--seeds", default="0,1")

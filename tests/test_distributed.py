@@ -146,9 +146,17 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
 
 def test_sharded_rollout_two_processes(tmp_path):
     """Each process samples half of the prompts; the logged row is the whole batch's."""
-    args = [*ARGS, "--steps", "3", "--algorithm", "grpo", "--save-every", "3"]
+    args = [*ARGS, "--steps", "3", "--algorithm", "grpo", "--save-every", "3", "--report-to", "tensorboard"]
     _run(torchrun(*args, "--output-dir", str(tmp_path / "two")))
     m = pd.read_json(tmp_path / "two" / "metrics.jsonl", lines=True)
+    (events,) = (tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*")  # the main process's only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(events))
+    reader.Reload()
+    assert [(e.step, round(e.value, 5)) for e in reader.Scalars("train/accuracy")] == [
+        (s, round(a, 5)) for s, a in zip(m["step"], m["accuracy"])
+    ]
     assert len(m) == 3
     assert m["groups"].tolist() == [4, 4, 4]  # GRPO keeps every group: 2 per process, summed
     assert (m["accuracy"] * 16).round(6).apply(float.is_integer).all()  # means over all 16 responses

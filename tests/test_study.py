@@ -65,12 +65,48 @@ def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
     assert list(more["chain_steps"]) == [3]
     stored = pd.read_csv(tmp_path / "results.csv")
     assert sorted(stored["chain_steps"]) == [2, 2, 2, 2, 3]
+    assert sorted(stored["run"])[0] == "runs/steps-2_task-chain/grpo-s0"  # relative to the study root
+    assert all(not r.startswith("/") and (tmp_path / r / "DONE").exists() for r in stored["run"])
 
 
 def test_confidence_interval_hand_values():
     mean, half = confidence_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), abs=0.0005 / np.sqrt(3))
     assert np.isnan(confidence_interval([5.0])[1])
+    assert confidence_interval([1.0, np.nan, 2.0, 3.0]) == confidence_interval([1.0, 2.0, 3.0])
+
+
+#: Half-widths the hand table of t quantiles (3 decimals, 1 to 30 degrees of freedom) gave for
+#: ``[(i * i) % 7 / 10 for i in range(n)]``, recorded before scipy.stats took its place.
+HAND_TABLE_HALF_WIDTHS = {
+    2: 0.6353,
+    3: 0.517156238,
+    4: 0.271714978,
+    5: 0.184139008,
+    8: 0.132207519,
+    10: 0.114100904,
+    16: 0.078343238,
+    20: 0.068707537,
+    25: 0.060151821,
+    30: 0.054016698,
+    31: 0.053971334,
+}
+
+
+def test_t_intervals_from_scipy_agree_with_the_hand_table_to_its_three_decimals():
+    from scipy import stats
+
+    for n, recorded in HAND_TABLE_HALF_WIDTHS.items():
+        x = np.array([(i * i) % 7 / 10 for i in range(n)])
+        se = x.std(ddof=1) / np.sqrt(n)
+        mean, half = confidence_interval(x)
+        assert mean == pytest.approx(x.mean())
+        assert half == pytest.approx(recorded, abs=0.0005 * se + 1e-12), n  # the table's rounding, no more
+        assert half == pytest.approx(stats.t.ppf(0.975, n - 1) * se, rel=1e-12)
+    # beyond 30 degrees of freedom the table stopped at 2.042; the quantile goes on falling towards 1.96
+    x = np.arange(128) % 5
+    assert confidence_interval(x)[1] / (x.std(ddof=1) / np.sqrt(128)) == pytest.approx(1.9788, abs=1e-4)
+    assert confidence_interval([1.0, 2.0, 3.0], confidence=0.9)[1] == pytest.approx(2.920 / np.sqrt(3), abs=3e-4)
 
 
 def test_paired_comparison_pairs_by_seed():

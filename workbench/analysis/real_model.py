@@ -14,11 +14,10 @@ directory's samples as well.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from ..algorithms import get_algorithm
 from ..models.generation import format_prompts, generate
@@ -35,14 +34,15 @@ __all__ = [
 ]
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% by default)."""
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion, ``successes`` of ``trials`` (95% by
+    default), from ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, trials={trials}], got {successes}")
+    ci = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @torch.no_grad()

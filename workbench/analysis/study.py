@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .. import runs
 from .._files import atomic_write_text
@@ -48,40 +49,6 @@ ENTROPY_COLLAPSE = 0.25
 ACCURACY_DROP = 0.2  #: a fall of held-out greedy accuracy between two evaluations counted as an event
 DONE = "DONE"  #: the marker of a study's finished cell
 MANIFEST = "manifest.json"
-
-# two-sided 95% Student t quantiles for 1..30 degrees of freedom
-_T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
 
 
 def setting_label(setting: dict) -> str:
@@ -139,7 +106,8 @@ def run_grid(
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
         (path / DONE).write_text("ok\n")
     table = summarize(finished_runs(root))
-    table.to_csv(root / "results.csv", index=False)
+    stored = table.assign(run=[Path(r).relative_to(root).as_posix() for r in table["run"]])
+    stored.to_csv(root / "results.csv", index=False)  # runs relative to the study root: the study can move
     return table.set_index("run").loc[[str(p) for p, _ in cells]].reset_index()  # this call's cells, in order
 
 
@@ -251,15 +219,16 @@ def entropy_by_step(run, top: float = 0.2) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def confidence_interval(values) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided 95% Student-t interval."""
+def confidence_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of the finite ``values`` and the half-width of its two-sided Student-t interval
+    (95% by default; the quantile from ``scipy.stats.t`` with n - 1 degrees of freedom)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return float("nan"), float("nan")
     if len(x) == 1:
         return float(x[0]), float("nan")
-    t = _T95[min(len(x) - 2, len(_T95) - 1)]
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=len(x) - 1))
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
@@ -308,18 +277,28 @@ def describe(table: pd.DataFrame, metric: str, *, by=("task", "chain_steps", "al
 
 
 def load_results(root) -> pd.DataFrame:
-    """The stored results table of a study (``<root>/results.csv``)."""
+    """The stored results table of a study (``<root>/results.csv``), its ``run`` column the run
+    directories under ``root`` (the file holds them relative to the study root)."""
     root = Path(root)
     path = root / "results.csv"
     if not path.exists():
         raise FileNotFoundError(f"no results table at {path}; run the study first")
     table = pd.read_csv(path)
-    # Run paths are stored as the study saw them; re-anchor them at this root, so a study
-    # read from another working directory or another checkout finds its runs.
-    table["run"] = [
-        str(root / Path(*Path(r).parts[-3:])) if Path(r).parts[-3:-2] == ("runs",) else r for r in table["run"]
-    ]
+    table["run"] = [str(_run_path(root, r)) for r in table["run"]]
     return table
+
+
+def _run_path(root: Path, stored: str) -> Path:
+    """Where a run of ``results.csv`` is, for the study at ``root``: ``run`` is relative to the study
+    root (``runs/<setting>/<algorithm>-s<seed>``); a table of an older version, which stored the path
+    the study saw (absolute, or relative to where it ran), is re-anchored at ``root`` by its last
+    three parts, so a study read from another working directory or another checkout finds its runs."""
+    path = Path(stored)
+    if not path.is_absolute() and path.parts[:1] == ("runs",):
+        return root / path
+    if path.parts[-3:-2] == ("runs",):
+        return root / Path(*path.parts[-3:])
+    return path if path.is_absolute() else root / path
 
 
 def save_manifest(root, command: str, **info) -> None:
@@ -339,7 +318,7 @@ class Study:
 
     root/
       manifest.json      the command that makes the study (and what else it records)
-      results.csv        one row per finished cell (:func:`summarize`)
+      results.csv        one row per finished cell (:func:`summarize`; ``run`` relative to root)
       runs/<setting>/<algorithm>-s<seed>/   run directories; DONE marks a finished one
       warmstarts/*.json  the warm starts the runs started from, where the study made its own
     """

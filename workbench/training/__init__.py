@@ -5,7 +5,8 @@
 ``runner.py`` (the model's side of a step: sampling and token statistics), ``metrics.py`` (a
 step's metrics and sample records), ``checkpoints.py``, ``distributed.py`` (several processes),
 ``timing.py``, ``loading.py`` (the policy and the accelerator), ``warmstart.py`` (supervised warm
-starts). Training imports no analysis and no figure.
+starts), ``trackers.py`` (``report_to``: TensorBoard, trackio, wandb offline). Training imports no
+analysis and no figure.
 """
 
 from .config import DEFAULT_INIT, TrainConfig

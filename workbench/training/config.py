@@ -191,6 +191,12 @@ class TrainConfig:
         "steps between checkpoints (and at the last step); 0: never (no checkpoint written: the run cannot be resumed)",
     )
     keep_checkpoints: int = _field(2, "newest checkpoints kept")
+    report_to: str | list = _field(
+        "none",
+        "also log every metrics.jsonl and eval.jsonl column to: none, tensorboard (run_dir/tensorboard), trackio "
+        "(its local store) or wandb (offline, run_dir/wandb), as TRL's report_to; several as a list or "
+        "comma-separated; the run directory stays the record (may change on resume)",
+    )
     # system
     seed: int = _field(0, "random seed (sampling, prompts, mini-batch order)")
     output_dir: str = _field("runs/run", "the run directory")
@@ -241,6 +247,9 @@ class TrainConfig:
             check_model_source(self.model)
         ALGORITHMS[self.algorithm].check_advantage_kwargs(self.advantage_kwargs)
         self.resolved_algorithm()  # the loss settings together (loss_mode_kwargs, clip_ratio_c, forking tokens)
+        from .trackers import report_to_names
+
+        report_to_names(self.report_to)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
 
@@ -351,6 +360,7 @@ class TrainConfig:
             "float | None": (int, float, type(None)),
             "str | None": (str, type(None)),
             "bool | None": (bool, type(None)),
+            "str | list": (str, list),
         }[ann]
         if isinstance(value, bool) and bool not in allowed:
             raise TypeError(f"{name} must be {ann}, got a bool ({value!r})")

@@ -30,7 +30,7 @@ from .. import runs
 from ..exploration import k_values, mean_pass_at_k
 from ..losses import policy_loss, top_entropy_threshold
 from ..tasks import get_task
-from . import distributed, metrics
+from . import distributed, metrics, trackers
 from .checkpoints import restore_training, save_training, verify_checkpoint
 from .config import TrainConfig
 from .entropy_bonus import EntropyBonus
@@ -39,6 +39,7 @@ from .metrics import METRIC_COLUMNS
 from .rollout import Batch, Group, Scored, check_overlong_budget, collate, compute_rewards, groups_from
 from .runner import ModelRunner
 from .timing import PhaseTimer
+from .trackers import Trackers
 
 __all__ = ["Trainer", "train", "resume", "METRIC_COLUMNS", "verify_checkpoint"]
 
@@ -63,6 +64,7 @@ class Trainer:
     ):
         c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.config = c
+        trackers.check_installed(trackers.report_to_names(c.report_to))  # named before anything loads
         self.callback = callback
         self.progress = progress
         self.run_dir = Path(c.output_dir)
@@ -121,6 +123,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0  # consecutive non-finite updates
         self.skipped_updates = 0
+        self.trackers, self.resumed_from, self.rows_before = Trackers(), None, -1  # see _open_trackers
         if resume:
             self._resume()
 
@@ -464,7 +467,9 @@ class Trainer:
         if meta is not None:
             self.step, self.skipped_updates = meta["step"], meta["skipped_updates"]
             self.entropy_bonus.load_state_dict(meta)
+        self.resumed_from = self.step
         if self.is_main:
+            self.rows_before = trackers.last_step(self.run_dir)  # what a tracker may hold already
             if meta is not None:
                 runs.check_history(self.run_dir, self.step, self.config.eval_every)
             for f in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
@@ -476,9 +481,19 @@ class Trainer:
         if self.is_main and self._lock is None:  # trained before: the directory is locked again
             self._lock = runs.lock_run_dir(self.run_dir)
         try:
+            self.trackers = self._open_trackers()
             return self._train()
         finally:
+            self.trackers.close()
             self.close()
+
+    def _open_trackers(self) -> Trackers:
+        """The trackers of ``report_to`` (the main process's; the others report to none)."""
+        c = self.config
+        if not self.is_main:
+            return Trackers()
+        names = trackers.report_to_names(c.report_to)
+        return Trackers(names, self.run_dir, c.to_dict(), resume_step=self.resumed_from, last_row=self.rows_before)
 
     def _train(self) -> runs.Run:
         c, main = self.config, self.is_main  # with several processes, the main one writes and reports
@@ -494,6 +509,7 @@ class Trainer:
             self.step = step
             if main:
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+                self.trackers.log("train", row, step)  # after the run directory, which stays the record
             _fault_point("metrics", step)
             if step % c.eval_every == 0 or step == c.steps:
                 row.update({f"eval_{k}": v for k, v in self._evaluate_and_log(step).items()})
@@ -513,6 +529,7 @@ class Trainer:
         ev = self.evaluate() if self.is_main or self.fsdp else {}
         if self.is_main:
             runs.append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **ev})
+            self.trackers.log("eval", ev, step)
         return ev
 
 
