@@ -51,7 +51,8 @@ def test_a_study_copied_elsewhere_loads_from_another_directory(tmp_path, monkeyp
     # the stored numbers are what the copied run directories give
     summary = pd.read_csv(io.StringIO(study.summary().to_csv(index=False))).drop(columns="run")  # as stored
     stored = load_results(study.root).drop(columns="run")
-    pd.testing.assert_frame_equal(summary, stored, check_dtype=False, rtol=1e-9)
+    # over the stored columns: a table written before a column was added lacks it
+    pd.testing.assert_frame_equal(summary[stored.columns], stored, check_dtype=False, rtol=1e-9)
     assert [r.config["algorithm"] for r in study.runs()] == list(table["algorithm"])
     # what the notebooks do with them (07, 08): interval tables, an equal-token budget, the curves
     accuracy = study_accuracy(table["run"])

@@ -121,7 +121,8 @@ def _cell_state(path: Path, steps: int | None) -> str:
 
 
 def summarize_run(run) -> dict:
-    """One row of the results table for a finished run."""
+    """One row of the results table for a finished run (its study setting is the name of the
+    directory that holds it; ``final_pass@k`` columns where it was evaluated with several samples)."""
     run = _as_run(run)
     config, m, ev = run.config, run.metrics, run.evals
     steps = int(config["steps"])
@@ -133,8 +134,10 @@ def summarize_run(run) -> dict:
     k = max(1, len(ent) // 10)
     drops = np.diff(acc) if len(acc) > 1 else np.array([0.0])
     task_params = config.get("task_params", {})
+    passes = {f"final_{c}": float(ev[c].iloc[-1]) for c in ev.columns if c.startswith("pass@")} if len(ev) else {}
     return {
         "run": str(run.path),
+        "setting": run.path.parent.name,
         "algorithm": config["algorithm"],
         "seed": config["seed"],
         "task": config["task"],
@@ -145,6 +148,7 @@ def summarize_run(run) -> dict:
         "best_accuracy": float(np.nanmax(acc)),
         "accuracy_auc": auc,
         "final_sampled_accuracy": float(ev["sampled_accuracy"].iloc[-1]) if len(ev) else np.nan,
+        **passes,
         "entropy_start": float(np.mean(ent[:k])),
         "entropy_middle": float(np.mean(ent[len(ent) // 2 - k // 2 :][:k])),
         "entropy_end": float(np.mean(ent[-k:])),
