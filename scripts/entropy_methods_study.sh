@@ -39,7 +39,7 @@ import json, sys
 root, linear, adaptive = sys.argv[1:]
 manifest = {
     "command": "JOBS=2 bash scripts/entropy_methods_study.sh",
-    "note": "embedded default (tiny model, word_arithmetic), 60 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
+    "note": "embedded default (tiny model, addition), 60 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
             "batch, each algorithm with its registry defaults (dynamic sampling where its paper uses it); DAPO with "
             f"the entropy bonus as settings {linear} (linear schedule) and {adaptive} (adaptive controller, TRL's "
             "step and bounds; target 0.25 because the tiny model starts at about 0.35 nats and TRL's 0.2 would not "
