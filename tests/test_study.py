@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.analysis.study import confidence_interval, paired_comparison, run_grid, setting_label
+from workbench.analysis.study import confidence_interval, label_methods, paired_comparison, run_grid, setting_label
+from workbench.runs import load_run
 
 TINY = dict(
     model="tiny",
@@ -69,6 +70,18 @@ def test_grid_runs_resumes_and_summarises(tmp_path, capsys):
     assert all(not r.startswith("/") and (tmp_path / r / "DONE").exists() for r in stored["run"])
 
 
+def test_summary_holds_the_setting_pass_at_k_and_the_methods_own_metrics(tmp_path):
+    table = run_grid(tmp_path, algorithms=["dapo_forking"], seeds=[0], base={**TINY, "eval_samples": 2}, progress=False)
+    (row,) = table.to_dict("records")
+    run = load_run(row["run"])
+    assert row["setting"] == "default"
+    assert row["final_pass@1"] == run.evals["pass@1"].iloc[-1] and row["final_pass@2"] == run.evals["pass@2"].iloc[-1]
+    assert row["final_pass@1"] == row["final_sampled_accuracy"]  # pass@1 is the mean over the samples
+    kept = run.metrics["top_entropy_kept_frac"]
+    assert 0 < row["mean_top_entropy_kept_frac"] == pytest.approx(kept.mean()) and row["mean_top_entropy_kept_frac"] < 1
+    assert "mean_clip_cov_frac" not in row  # a metric the run did not log
+
+
 def test_confidence_interval_hand_values():
     mean, half = confidence_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), abs=0.0005 / np.sqrt(3))
@@ -122,6 +135,26 @@ def test_paired_comparison_pairs_by_seed():
     row = out.iloc[0]
     assert row["algorithm"] == "gtpo" and row["pairs"] == 3 and row["wins"] == 2 and row["losses"] == 0
     assert row["mean_difference"] == pytest.approx(0.1)
+
+
+def test_methods_of_one_algorithm_under_two_settings_are_compared_by_seed_against_the_default():
+    # DAPO with an entropy bonus (a setting) against plain DAPO: paired by seed, not pooled with it
+    table = pd.DataFrame(
+        {
+            "algorithm": ["dapo"] * 4,
+            "setting": ["default", "default", "entropy_target-0.25", "entropy_target-0.25"],
+            "seed": [0, 1, 0, 1],
+            "final_accuracy": [0.5, 0.7, 0.6, 0.6],
+            "task": "addition",
+        }
+    )
+    labelled = label_methods(table, {"entropy_target-0.25": "adaptive bonus"})
+    assert list(labelled["method"]) == ["dapo", "dapo", "dapo (adaptive bonus)", "dapo (adaptive bonus)"]
+    out = paired_comparison(labelled, "final_accuracy", "dapo", key="method")
+    (row,) = out.to_dict("records")
+    assert row["method"] == "dapo (adaptive bonus)" and row["pairs"] == 2 and (row["wins"], row["losses"]) == (1, 1)
+    assert row["mean_difference"] == pytest.approx(0.0)
+    assert label_methods(table.drop(columns="setting"))["method"].tolist() == ["dapo"] * 4  # an older table
 
 
 def test_setting_label():

@@ -159,7 +159,32 @@ def summarize_run(run) -> dict:
         "accuracy_drops": int((drops < -ACCURACY_DROP).sum()),
         "generated_tokens": int(m["generated_tokens"].sum()) if "generated_tokens" in m else None,
         "seconds": float(m["time_step"].sum()) if "time_step" in m else np.nan,
+        **{f"mean_{c}": float(m[c].mean()) for c in METHOD_METRICS if c in m},
     }
+
+
+#: Per-step metrics of the entropy methods that :func:`summarize_run` averages over a run
+#: (``mean_<name>`` columns, where a run logged them).
+METHOD_METRICS = (
+    "top_entropy_kept_frac",
+    "clip_cov_frac",
+    "kl_cov_frac",
+    "erc_kept_frac",
+    "entropy_coef",
+    "clip_frac",
+    "approx_kl",
+)
+
+
+def label_methods(table: pd.DataFrame, names: dict | None = None) -> pd.DataFrame:
+    """``table`` with a ``method`` column: the algorithm for a cell of the default setting, and
+    ``"<algorithm> (<setting>)"`` for a cell of another one, ``names`` mapping setting labels
+    (:func:`setting_label`) to short names, e.g. ``{"entropy_target-0.25": "adaptive bonus"}``.
+    Pass ``key="method"`` to :func:`paired_comparison` and ``by=("method",)`` to :func:`describe`."""
+    names = names or {}
+    settings = table["setting"] if "setting" in table else pd.Series("default", index=table.index)
+    method = [a if s == "default" else f"{a} ({names.get(s, s)})" for a, s in zip(table["algorithm"], settings)]
+    return table.assign(method=method)
 
 
 def summarize(paths) -> pd.DataFrame:
@@ -236,13 +261,16 @@ def confidence_interval(values, confidence: float = 0.95) -> tuple[float, float]
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def paired_comparison(table: pd.DataFrame, metric: str, baseline: str, *, by=("task", "chain_steps")) -> pd.DataFrame:
-    """Per algorithm, the seed-paired difference to ``baseline``: mean, 95% half-width, wins/losses."""
+def paired_comparison(
+    table: pd.DataFrame, metric: str, baseline: str, *, by=("task", "chain_steps"), key: str = "algorithm"
+) -> pd.DataFrame:
+    """Per algorithm (or other ``key``, e.g. :func:`label_methods`'s ``method``), the seed-paired
+    difference to ``baseline``: mean, 95% half-width, wins/losses."""
     rows = []
     keys = [k for k in by if k in table and table[k].notna().any()]
     for group_key, group in table.groupby(keys, dropna=False) if keys else [((), table)]:
-        base = group[group["algorithm"] == baseline].set_index("seed")[metric]
-        for algorithm, sub in group.groupby("algorithm"):
+        base = group[group[key] == baseline].set_index("seed")[metric]
+        for algorithm, sub in group.groupby(key):
             if algorithm == baseline:
                 continue
             diff = (sub.set_index("seed")[metric] - base).dropna()
@@ -250,7 +278,7 @@ def paired_comparison(table: pd.DataFrame, metric: str, baseline: str, *, by=("t
             rows.append(
                 {
                     **dict(zip(keys, group_key if isinstance(group_key, tuple) else (group_key,))),
-                    "algorithm": algorithm,
+                    key: algorithm,
                     "baseline": baseline,
                     "metric": metric,
                     "pairs": len(diff),
