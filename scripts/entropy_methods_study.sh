@@ -6,7 +6,7 @@
 # mini-batches per batch (4 optimizer steps per rollout, so the policy moves away from the
 # behaviour policy and the ratio-based methods, KL-Cov and ERC, act; with one mini-batch the
 # ratio is 1). Held-out greedy accuracy and pass@k (4 samples per problem) on 256 problems at
-# steps 0, 30 and 60. Results in data/results/entropy_methods/runs/<setting>/<algorithm>-s<seed>.
+# steps 0, 20 and 40. Results in data/results/entropy_methods/runs/<setting>/<algorithm>-s<seed>.
 # Resumable: re-running skips finished cells and continues an interrupted one.
 #   bash scripts/entropy_methods_study.sh            # one process
 #   JOBS=2 bash scripts/entropy_methods_study.sh     # two processes (seed subsets), one table at the end
@@ -17,8 +17,8 @@ ROOT=${ROOT:-data/results/entropy_methods}
 ALGORITHMS=grpo,dapo,gtpo,grpo_s,dapo_forking,clip_cov,kl_cov,entropy_adv,erc,gtpo_surprisal,grpo_s_surprisal
 LINEAR='{"entropy_coef": 0.01, "entropy_coef_final": 0.0}'
 ADAPTIVE='{"entropy_target": 0.25}'
-COMMON=(--steps 60 --prompts-per-step 16 --group-size 8 --lr 1e-4 --minibatches 4 --eval-every 30
-        --eval-size 256 --eval-samples 4 --log-samples-every 30 --log-groups 1)
+COMMON=(--steps 40 --prompts-per-step 16 --group-size 8 --lr 1e-4 --minibatches 4 --eval-every 20
+        --eval-size 256 --eval-samples 4 --log-samples-every 20 --log-groups 1)
 study() { "$PY" -m workbench study --root "$ROOT" "${COMMON[@]}" "$@"; }
 part_a() { study --algorithms "$ALGORITHMS" --seeds 0,1,2; }
 part_b() { study --algorithms "$ALGORITHMS" --seeds 3,4 && study --algorithms dapo --seeds 0,1,2,3,4 --setting "$LINEAR" --setting "$ADAPTIVE"; }
@@ -39,11 +39,11 @@ import json, sys
 root, linear, adaptive = sys.argv[1:]
 manifest = {
     "command": "JOBS=2 bash scripts/entropy_methods_study.sh",
-    "note": "embedded default (tiny model, addition), 60 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
+    "note": "embedded default (tiny model, addition), 40 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
             "batch, each algorithm with its registry defaults (dynamic sampling where its paper uses it); DAPO with "
             f"the entropy bonus as settings {linear} (linear schedule) and {adaptive} (adaptive controller, TRL's "
             "step and bounds; target 0.25 because the tiny model starts at about 0.35 nats and TRL's 0.2 would not "
-            "engage within 60 steps); eval 256 held-out problems, greedy and 4 samples each, at steps 0, 30, 60",
+            "engage within 40 steps); eval 256 held-out problems, greedy and 4 samples each, at steps 0, 20, 40",
 }
 open(f"{root}/manifest.json", "w").write(json.dumps(manifest, indent=2) + "\n")
 PY
