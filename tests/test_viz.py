@@ -605,3 +605,14 @@ def test_run_launcher_shows_a_failure(tmp_path):
     assert launcher.launch() is None
     assert isinstance(launcher.error, RuntimeError) and launcher.progress.bar_style == "danger"
     assert "boom" in launcher.status.value and not launcher.run_button.disabled
+
+
+def test_every_registered_algorithm_has_its_own_name_and_colour():
+    from workbench.algorithms import ALGORITHMS
+    from workbench.viz.style import NAMES
+
+    assert set(ALGORITHMS) <= set(NAMES) and set(ALGORITHMS) <= set(viz.PALETTE)
+    assert len(set(viz.PALETTE.values())) == len(viz.PALETTE)  # no two share a colour
+    assert viz.display_name("kl_cov") == "KL-Cov"
+    assert viz.display_name("dapo (adaptive bonus)") == "DAPO (adaptive bonus)"  # a method under a setting
+    assert viz.display_name("my_run") == "my_run"

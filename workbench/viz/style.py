@@ -34,6 +34,13 @@ PALETTE: dict[str, str] = {
     "grpo_s": "#AB63FA",
     "grpo_s_token": "#FF97FF",
     "gtpo_per_polarity_batch": "#6B8E23",
+    "dapo_forking": "#FFA15A",
+    "clip_cov": "#1F77B4",
+    "kl_cov": "#8C564B",
+    "entropy_adv": "#E377C2",
+    "erc": "#7F7F7F",
+    "gtpo_surprisal": "#17BECF",
+    "grpo_s_surprisal": "#BCBD22",
 }
 #: Names as the paper and the README write them.
 NAMES: dict[str, str] = {
@@ -45,6 +52,13 @@ NAMES: dict[str, str] = {
     "gtpo_per_polarity_batch": "GTPO (per polarity, batch)",
     "grpo_s": "GRPO-S",
     "grpo_s_token": "GRPO-S (token loss)",
+    "dapo_forking": "DAPO (forking tokens)",
+    "clip_cov": "Clip-Cov",
+    "kl_cov": "KL-Cov",
+    "entropy_adv": "Entropy advantage",
+    "erc": "ERC",
+    "gtpo_surprisal": "GTPO (surprisal)",
+    "grpo_s_surprisal": "GRPO-S (surprisal)",
 }
 _EXTRA = plotly.colors.qualitative.Dark24
 _OTHERS: dict[str, str] = {}
@@ -66,8 +80,11 @@ def rgba(color: str, alpha: float) -> str:
 
 
 def display_name(name: str) -> str:
-    """``"grpo_s"`` -> ``"GRPO-S"``; names outside the registry are returned as they are."""
-    return NAMES.get(str(name), str(name))
+    """``"grpo_s"`` -> ``"GRPO-S"``, ``"dapo (adaptive bonus)"`` -> ``"DAPO (adaptive bonus)"`` (a
+    study's method under a setting); names outside the registry are returned as they are."""
+    name = str(name)
+    head, sep, tail = name.partition(" (")
+    return NAMES[name] if name in NAMES else NAMES.get(head, head) + sep + tail
 
 
 TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
