@@ -28,6 +28,7 @@ from .study import (
     paired_comparison,
     run_grid,
     save_manifest,
+    setting_label,
     summarize,
     summarize_run,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "rollout_records",
     "run_grid",
     "save_manifest",
+    "setting_label",
     "study_accuracy",
     "summarize",
     "summarize_run",
