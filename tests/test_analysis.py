@@ -3,12 +3,14 @@
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from workbench import advantages as adv
 from workbench.analysis.records import rollout_records
 from workbench.models.load import load_model
+from workbench.runs import load_run
 from workbench.tasks import get_task
 from workbench.training.config import DEFAULT_INIT, TrainConfig
 from workbench.viz import as_group, entropy_distribution
@@ -63,3 +65,23 @@ def test_records_sample_at_the_trainers_budget_by_default():
     """A checkpoint's entropy figures show replies as long as training lets them be (not a shorter budget)."""
     default = inspect.signature(rollout_records).parameters["max_new_tokens"].default
     assert default == TrainConfig().max_new_tokens == 20
+
+
+def test_where_the_uncertainty_sits_in_the_shipped_run_is_what_notebook_1_and_the_readme_say():
+    # "the uncertainty sits on the column digits (0.4 to 0.7 nats on average ...); the carry marks
+    # `c`, the `|` and the answer after it ... are nearly certain (under 0.2 nats)"
+    from pathlib import Path
+
+    run = load_run(Path(__file__).parents[1] / "data" / "results" / "accuracy" / "runs" / "default" / "gtpo-s0")
+    by_kind = {"column": [], "carry": [], "bar": [], "answer": []}
+    for record in run.samples:
+        for response in record["responses"]:
+            tokens = response["tokens"]
+            bar = tokens.index("|") if "|" in tokens else len(tokens)
+            for i, (token, h) in enumerate(zip(tokens, response["entropies"])):
+                kind = "answer" if i > bar else "bar" if i == bar else "carry" if token == "c" else "column"
+                if token.isdigit() or i >= bar or token == "c":
+                    by_kind[kind].append(h)
+    means = {kind: float(np.mean(values)) for kind, values in by_kind.items()}
+    assert 0.4 <= means["column"] <= 0.7, means
+    assert max(means["carry"], means["bar"], means["answer"]) < 0.2, means
