@@ -375,6 +375,12 @@ def test_training_curves_mark_steps_without_update_and_kept_groups(tmp_path):
     fig = viz.training_curves([new, grpo], metrics=("accuracy", "grad_norm"), evals=())
     assert fig.layout.annotations[0].text == "training accuracy"  # every sampled group: comparable with GRPO
     assert [list(t.x) for t in _traces(fig, kind="no_update")] == [[3]]
+    # a run of today's trainer whose dynamic sampling kept no group at all (no *_kept column, every
+    # row "updated": false) still covers every sampled group: no note
+    idle = write_run(tmp_path, "idle", metrics=[{**r, "updated": False} for r in _metrics([0.0, 0.0, 0.0])])
+    (idle / "config.json").write_text(json.dumps({**config, "dynamic_sampling": True}))
+    fig = viz.training_curves([idle, grpo], metrics=("accuracy",), evals=())
+    assert fig.layout.annotations[0].text == "training accuracy"
 
 
 # ---------------------------------------------------------------------------- stability

@@ -204,7 +204,8 @@ def add_band_legend(fig: go.Figure, label: str) -> None:
 
 def population_note(runs: list[RunData], metric: str) -> str:
     """Which sampled groups ``metric`` covers, when runs differ: names of the runs' algorithms whose
-    values cover the kept groups only (older runs with dynamic sampling); ``""`` when all cover every group."""
+    values cover the kept groups only (runs with dynamic sampling from before the trainer logged every
+    group and the ``updated`` column); ``""`` when all cover every group."""
     if metric not in _KEPT_AFFECTED:
         return ""
     kept_only = sorted(
@@ -214,6 +215,7 @@ def population_note(runs: list[RunData], metric: str) -> str:
             if r.config.get("dynamic_sampling")
             and metric in r.metrics.columns
             and f"{metric}_kept" not in r.metrics.columns
+            and "updated" not in r.metrics.columns  # today's runs: every group, also when none was kept
         }
     )
     return f"kept groups only: {', '.join(kept_only)}" if kept_only else ""
