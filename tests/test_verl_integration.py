@@ -45,5 +45,5 @@ def test_verl_estimators_inside_verl():
     assert proc.returncode == 0, out[-6000:]
     summary = out.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 19, summary  # the checks ran, in verl
+    assert passed and int(passed.group(1)) >= 44, summary  # the checks ran, in verl
     assert not re.search(r"skipped|deselected|xfail", summary), summary

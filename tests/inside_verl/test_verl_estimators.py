@@ -1,6 +1,9 @@
 """verl integration, on CPU inside verl 0.9.1 (``.venv-verl``): the registered estimators give
-``workbench.gtpo``/``grpo_s`` of the grouped tensors on verl's data layout, and the patched
-trainer code (legacy and v1) hands them the old policy's entropies.
+``workbench.gtpo``/``grpo_s`` (and ``entropy_advantage``, GTPO/GRPO-S on the surprisal) of the
+grouped tensors on verl's data layout, the patched trainer code (legacy and v1) hands them the
+old policy's entropies and log-probs, ``verl_overrides`` configures verl's own Clip-Cov and KL-Cov
+losses (equal to the workbench's loss modes on a random batch), and the methods verl cannot carry
+are refused.
 
 Run by tests/test_verl_integration.py; directly: ``.venv-verl/bin/python -m pytest tests/inside_verl``.
 """
@@ -25,6 +28,8 @@ from verl.trainer.ppo import core_algos, ray_trainer
 from verl.utils import tensordict_utils as tu
 
 import workbench
+from workbench import advantages as adv
+from workbench import algorithms, losses
 from workbench.integrations import verl as wv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -539,3 +544,223 @@ finally:
     wait_for_exit(report["pid"])  # Ray stops its workers asynchronously: leave none behind
     assert report["pid"] != json.loads((tmp_path / "driver.json").read_text())  # another process
     assert report["algorithm"] == "gtpo" and report["legacy"] and report["v1"]
+
+
+# ---------------------------------------------------------------- the entropy-method family
+
+
+def surprisal(logp, mask):
+    return (-logp).clamp(min=0) * mask
+
+
+#: the library's function of (rewards [G, n], entropies, logp_old, mask [G, n, T])
+FAMILY = {
+    "entropy_adv": lambda r, h, lp, m: adv.entropy_advantage(adv.grpo(r, m), h, m, alpha=0.4, kappa=2.0),
+    "gtpo_surprisal": lambda r, h, lp, m: adv.gtpo(r, surprisal(lp, m), m),
+    "grpo_s_surprisal": lambda r, h, lp, m: adv.grpo_s(r, surprisal(lp, m), m),
+}
+
+
+def family_batch(G=5, n=4, T=7, seed=0):
+    """grouped_batch plus the old policy's sampled-token log-probs (not a function of the entropies)."""
+    rewards, entropies, mask = grouped_batch(G, n, T, seed)
+    g = torch.Generator().manual_seed(seed + 1000)
+    logp = -(torch.rand(G, n, T, generator=g).double() * 4) * mask
+    return rewards, entropies, logp, mask
+
+
+def family_to_verl(rewards, entropies, logp, mask, seed=0):
+    batch, perm = to_verl(rewards, entropies, mask, seed=seed)
+    batch["logp_old"] = logp.reshape(-1, mask.shape[-1])[perm].float()
+    return batch, perm
+
+
+def family_expected(name, rewards, entropies, logp, mask, perm):
+    G, n, T = mask.shape
+    return FAMILY[name](rewards, entropies.float(), logp.float(), mask).reshape(G * n, T)[perm]
+
+
+def test_family_estimators_are_registered():
+    assert set(wv.DEFAULT_NAMES) == {"gtpo", "grpo_s", *FAMILY}
+    assert not set(wv.DEFAULT_NAMES) & {e.value for e in core_algos.AdvantageEstimator}  # no clash with verl's
+    for name in FAMILY:
+        fn = core_algos.get_adv_estimator_fn(name)
+        assert fn is wv.estimator(name) and fn.workbench_algorithm == name
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_family_matches_library_on_verl_layout(name):
+    rewards, entropies, logp, mask = family_batch(G=6, n=4, T=9, seed=21)
+    batch, perm = family_to_verl(rewards, entropies, logp, mask, seed=22)
+    got, returns = core_algos.get_adv_estimator_fn(name)(**batch, config=algo_config(name))
+    want = family_expected(name, rewards, entropies, logp, mask, perm)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert torch.equal(returns, got) and got.abs().sum() > 1.0
+    assert torch.all(got[batch["response_mask"] == 0] == 0)
+    if name.endswith("_surprisal"):  # the signal is -logp_old, not the entropies
+        other = expected(name.removesuffix("_surprisal"), rewards, entropies, mask, perm)
+        assert (got - other).abs().max() > 0.05
+        torch.testing.assert_close(got, core_algos.get_adv_estimator_fn(name)(**{**batch, "entropies": None})[0])
+    else:  # entropy_adv on top of verl's own GRPO advantages
+        grpo, _ = core_algos.compute_grpo_outcome_advantage(
+            batch["token_level_rewards"], batch["response_mask"], batch["index"]
+        )
+        h, m = batch["entropies"], batch["response_mask"].bool()
+        torch.testing.assert_close(got, adv.entropy_advantage(grpo, h, m), atol=1e-5, rtol=0)
+    kw = {"alpha": 0.1, "kappa": 3.0} if name == "entropy_adv" else {}
+    if kw:  # algorithm.workbench reaches the function
+        tuned, _ = core_algos.get_adv_estimator_fn(name)(**batch, config=algo_config(name, **kw))
+        G, n, T = mask.shape
+        want = adv.grpo_entropy_advantage(rewards, entropies.float(), mask, **kw).reshape(G * n, T)[perm]
+        torch.testing.assert_close(tuned, want, atol=ATOL, rtol=0)
+
+
+def test_family_errors_are_clear():
+    rewards, entropies, logp, mask = family_batch(G=2, n=4, T=5, seed=23)
+    batch, _ = family_to_verl(rewards, entropies, logp, mask)
+    with pytest.raises(ValueError, match=r"gtpo_surprisal needs the old policy's per-token log-probs.*register\(\)"):
+        core_algos.get_adv_estimator_fn("gtpo_surprisal")(**{**batch, "logp_old": None})
+    with pytest.raises(ValueError, match=r"logp_old has shape \(8, 4\), response_mask \(8, 5\)"):
+        core_algos.get_adv_estimator_fn("grpo_s_surprisal")(**{**batch, "logp_old": batch["logp_old"][:, :4]})
+    with pytest.raises(ValueError, match="entropy_adv needs the old policy's per-token entropies"):
+        core_algos.get_adv_estimator_fn("entropy_adv")(**{**batch, "entropies": None})
+
+
+@pytest.mark.parametrize("name", ["gtpo_surprisal", "entropy_adv"])
+def test_legacy_compute_advantage_routes_family_inputs(name):
+    """verl's compute_advantage (legacy): the surprisal estimators read the batch's old_log_probs,
+    entropy_adv the old entropies; both equal the library's function."""
+    rewards, entropies, logp, mask = family_batch(G=4, n=4, T=6, seed=24)
+    data, perm = legacy_batch(rewards, entropies, mask, seed=25)
+    data.batch[wv.LOGP_KEY] = logp.reshape(16, 6)[perm].float()
+    out = ray_trainer.compute_advantage(data, adv_estimator=name, config=algo_config(name))
+    want = family_expected(name, rewards, entropies, logp, mask, perm)
+    torch.testing.assert_close(out.batch["advantages"], want, atol=ATOL, rtol=0)
+    assert wv.LOGP_KEY in out.batch.keys()  # verl's own field stays for the actor's update
+
+
+def test_v1_surprisal_reads_old_log_probs_not_entropies(fake_tq):
+    """v1 ``PPOTrainer._compute_advantage``: gtpo_surprisal weights by the TransferQueue's
+    old_log_probs; it needs no entropy field, and bypass_mode (old_log_probs := the rollout's) is fine."""
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1 import trainer_base
+
+    rewards, entropies, logp, mask = family_batch(G=3, n=4, T=6, seed=26)
+    batch, perm = family_to_verl(rewards, entropies, logp, mask, seed=27)
+    lengths = batch["response_mask"].sum(-1)
+    keys = [f"{u}_0_{i}" for i, u in enumerate(batch["index"])]
+
+    def per_sample(x):
+        return torch.nested.as_nested_tensor([row[:length] for row, length in zip(x, lengths)], layout=torch.jagged)
+
+    fields = {
+        "uid": list(batch["index"]),
+        "response_mask": per_sample(batch["response_mask"]),
+        "rm_scores": per_sample(batch["token_level_rewards"]),
+        "old_log_probs": per_sample(batch["logp_old"]),
+    }
+    fake_tq.put(keys, "train", TensorDict(fields, batch_size=[len(keys)]))
+    meta = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
+    want = family_expected("gtpo_surprisal", rewards, entropies, logp, mask, perm)
+    bypass = v1_trainer("gtpo_surprisal", rollout_correction={"bypass_mode": True})
+    for trainer in (v1_trainer("gtpo_surprisal"), bypass):
+        trainer_base.PPOTrainer._compute_advantage(trainer, meta, metrics={})
+        got = fake_tq.get(keys, "train", ["advantages"]).to_padded_tensor()
+        torch.testing.assert_close(got["advantages"], want, atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------- verl's configuration: verl_overrides
+
+
+def compose_for(algorithm):
+    return compose_example(*wv.hydra_overrides(algorithm))
+
+
+ACCEPTED = ["clip_cov", "kl_cov", "gtpo", "grpo_s", "entropy_adv", "gtpo_surprisal", "grpo_s_surprisal", "dapo", "grpo"]
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_overrides_compose_and_pass_verl_validation(name):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    algo = algorithms.get_algorithm(name)
+    cfg = compose_for(name)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    actor = cfg.actor_rollout_ref.actor
+    native = name in ("clip_cov", "kl_cov", "dapo", "grpo")
+    assert cfg.algorithm.adv_estimator == ("grpo" if native else name)
+    assert core_algos.get_adv_estimator_fn(cfg.algorithm.adv_estimator) is not None  # registered
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (algo.eps_low, algo.eps_high, algo.agg)
+    assert actor.policy_loss.loss_mode == algo.loss_mode and not actor.use_kl_loss
+    assert cfg.algorithm.filter_groups.enable == algo.dynamic_sampling
+    if name == "kl_cov":
+        assert (actor.policy_loss.kl_cov_ratio, actor.policy_loss.ppo_kl_coef) == (0.002, 1.0)  # verl's yaml: 0.1
+        assert core_algos.get_policy_loss_fn("kl_cov") is core_algos.compute_policy_loss_kl_cov
+    if name == "clip_cov":
+        p = actor.policy_loss
+        assert (p.clip_cov_ratio, p.clip_cov_lb, p.clip_cov_ub) == (2e-4, 1.0, 5.0)
+
+
+def loss_batch(B=8, T=12, seed=30):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(T) < torch.randint(2, T + 1, (B, 1), generator=g)
+    old = -torch.rand(B, T, generator=g) * 3
+    new = old + 0.3 * torch.randn(B, T, generator=g)
+    advantages = torch.randn(B, T, generator=g) * 2
+    return new, old, advantages, mask
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("kl_cov", {}),
+        ("kl_cov", {"kl_cov_ratio": 0.2, "ppo_kl_coef": 0.5}),
+        ("clip_cov", {"clip_cov_ratio": 1.0}),  # every candidate is chosen: verl's random draw does not matter
+        ("clip_cov", {"clip_cov_ratio": 1.0, "clip_cov_lb": 0.2, "clip_cov_ub": 3.0}),
+    ],
+)
+def test_verls_native_loss_equals_workbench_loss_mode(name, options):
+    """verl's own compute_policy_loss_{clip,kl}_cov, configured by verl_overrides, gives the
+    workbench's policy_loss(loss_mode=...) with the algorithm's loss settings on a random batch."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    base = algorithms.get_algorithm(name)
+    algo = base.replace(loss_mode_kwargs={**base.loss_mode_kwargs, **options})
+    cfg = compose_for(algo)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    fn = core_algos.get_policy_loss_fn(cfg.actor_rollout_ref.actor.policy_loss.loss_mode)
+    new, old, advantages, mask = loss_batch()
+    got, verl_metrics = fn(
+        old_log_prob=old, log_prob=new, advantages=advantages, response_mask=mask, loss_agg_mode=actor.loss_agg_mode,
+        config=actor,
+    )  # fmt: skip
+    want, metrics = losses.policy_loss(new, old, advantages, mask, **algo.loss_kwargs())
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    frac = metrics[f"{name}_frac"]
+    assert frac > 0  # the mode acted on some token
+    if name == "clip_cov":
+        assert verl_metrics["actor/pg_clipfrac"] == pytest.approx(frac, abs=1e-6)
+    plain, _ = losses.policy_loss(new, old, advantages, mask, **{**algo.loss_kwargs(), "loss_mode": "vanilla"})
+    assert abs(float(plain) - float(want)) > 1e-4  # and the mode changes the loss
+
+
+@pytest.mark.parametrize(
+    "name,pattern",
+    [
+        ("dapo_forking", r"^dapo_forking: forking tokens need the entropies inside the policy loss.*TRL's top_entropy"),
+        ("erc", r"^erc: loss_mode 'erc' needs the current and old entropies.*--algorithm erc\)$"),
+    ],
+)
+def test_methods_verl_cannot_carry_are_refused(name, pattern):
+    calls = (wv.verl_overrides, wv.hydra_overrides, wv.estimator, wv.check_verl_algorithm, lambda n: wv.register([n]))
+    for call in calls:
+        with pytest.raises(ValueError, match=pattern):
+            call(name)
+    assert name not in core_algos.ADV_ESTIMATOR_REGISTRY
+
+
+@pytest.mark.parametrize("name", ["clip_cov", "kl_cov"])
+def test_loss_modes_are_not_estimators(name):
+    with pytest.raises(ValueError, match=rf"^{name}: its advantages are GRPO's.*verl_overrides\('{name}'\)$"):
+        wv.estimator(name)
