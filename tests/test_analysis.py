@@ -85,3 +85,17 @@ def test_where_the_uncertainty_sits_in_the_shipped_run_is_what_notebook_1_and_th
     means = {kind: float(np.mean(values)) for kind, values in by_kind.items()}
     assert 0.4 <= means["column"] <= 0.7, means
     assert max(means["carry"], means["bar"], means["answer"]) < 0.2, means
+
+
+def test_the_forking_tokens_of_the_shipped_gtpo_runs_are_what_notebook_3_says():
+    # "all 15 rows below, and 88 of the top 100, are in wrong responses"; among the correct ones
+    # the most uncertain tokens are column digits
+    from pathlib import Path
+
+    from workbench import viz
+
+    root = Path(__file__).parents[1] / "data" / "results" / "accuracy" / "runs" / "default"
+    forking = viz.forking_tokens([load_run(p) for p in sorted(root.glob("gtpo-s*"))], top=100_000)
+    assert not forking["correct"].head(15).any()
+    assert (~forking["correct"].head(100)).sum() == 88
+    assert forking[forking["correct"]].head(10)["token"].str.isdigit().all()
