@@ -487,6 +487,8 @@ def test_entropy_shift_first_and_last_step(tmp_path):
     assert hist[1].meta["mean"] == pytest.approx(hist[0].meta["mean"] / 2)
     explicit = viz.entropy_shift_figure([_record(1)], [_record(2, scale=0.5)])
     assert [t.meta["group"] for t in explicit.data if isinstance(t, go.Histogram)] == ["early", "late"]
+    titles = [a.text for a in fig.layout.annotations]
+    assert "mean entropy by position (band: interquartile range)" in titles  # the shaded band is named
 
 
 # ---------------------------------------------------------------------------- widgets

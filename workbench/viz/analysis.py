@@ -277,7 +277,7 @@ def entropy_shift_figure(
         column_widths=[0.45, 0.55],
         horizontal_spacing=0.1,
         vertical_spacing=0.06,
-        subplot_titles=("distribution (shared bins)", "mean entropy by position", ""),
+        subplot_titles=("distribution (shared bins)", "mean entropy by position (band: interquartile range)", ""),
     )
     bins, means = shared_bins(first, last, nbins=nbins), []
     for label, color, table in zip(labels, _SHIFT_COLORS, (first, last)):
