@@ -459,6 +459,10 @@ def test_forking_tokens_context_is_the_tokens_own_response(tmp_path):
     assert list(top["source"]) == ["r2", "r2", "r2"] and all(f"⟦{t}⟧" in c for t, c in zip(top.token, top.context))
     table = viz.forking_tokens_table(top)
     assert table.data[0].cells.values[3][0] == "r2 · step 5"
+    # BPE contexts of a real model wrap over several lines: the figure grows with them, no row hidden
+    short = viz.forking_tokens_table(top.assign(context="ab⟦c⟧d"))
+    wrapped = viz.forking_tokens_table(top.assign(context="x" * 150))
+    assert wrapped.layout.height - short.layout.height == 3 * 22 * 3  # 3 rows, 4 lines each instead of 1
 
 
 def test_entropy_distribution_on_shared_bins_and_position_counts():
@@ -624,3 +628,19 @@ def test_every_registered_algorithm_has_its_own_name_and_colour():
     assert viz.display_name("kl_cov") == "KL-Cov"
     assert viz.display_name("dapo (adaptive bonus)") == "DAPO (adaptive bonus)"  # a method under a setting
     assert viz.display_name("my_run") == "my_run"
+
+
+def test_notebook_setup_shows_wide_tables_whole():
+    # notebook 7's entropy-by-step table has 22 columns: pandas' default shows 20 and hides the rest
+    from workbench.notebook import setup_plotly
+
+    wide = pd.DataFrame([[0.123456] * 22], columns=[f"step {i}" for i in range(22)])
+    saved = {k: pd.get_option(k) for k in ("display.max_columns", "display.width", "display.max_colwidth")}
+    try:
+        pd.reset_option("display.max_columns")
+        assert "..." in repr(wide)
+        setup_plotly()
+        assert "..." not in repr(wide) and "step 21" in repr(wide) and "step 11" in wide._repr_html_()
+    finally:
+        for k, v in saved.items():
+            pd.set_option(k, v)

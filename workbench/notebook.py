@@ -40,7 +40,10 @@ def runs_root(name: str = "") -> Path:
 
 
 def setup_plotly() -> None:
-    """Render plotly figures in JupyterLab and in executed notebooks alike."""
+    """Render plotly figures in JupyterLab and in executed notebooks alike, and show tables whole
+    (pandas' limits on columns and line width lifted, so no column hides behind "...")."""
+    import pandas as pd
     import plotly.io as pio
 
+    pd.set_option("display.max_columns", None, "display.width", None, "display.max_colwidth", 80)
     pio.renderers.default = "plotly_mimetype"

@@ -9,6 +9,7 @@ each position holds and leave out positions with fewer than ``min_tokens``.
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 import pandas as pd
@@ -236,7 +237,13 @@ def forking_tokens_table(samples, top: int = 20, *, context: int = 6, title: str
             cells={"values": cells, "align": "left", "font": {"size": 13, "family": "monospace"}, "height": 26},
         )
     )
-    return styled(fig, title=title or f"Top {len(df)} forking tokens", height=170 + 30 * len(df))
+    # a row whose context wraps is taller: size the figure to the wrapped rows, so none is hidden
+    lines = [max(1, math.ceil(len(c) / _CONTEXT_CHARS)) for c in df["context"]]
+    return styled(fig, title=title or f"Top {len(df)} forking tokens", height=170 + sum(8 + 22 * n for n in lines))
+
+
+#: Characters of the context column per line before it wraps (monospace 13 px in its share of the width).
+_CONTEXT_CHARS = 48
 
 
 def split_first_last(samples) -> tuple[pd.DataFrame, pd.DataFrame]:
