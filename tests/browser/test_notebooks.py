@@ -13,12 +13,15 @@ checked (plotly figures are JSON rendered by JupyterLab's plotly extension, neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import palette_png  # tests/browser/palette_png.py (pytest puts this folder on sys.path)
 import pytest
+
+from workbench import _files
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +42,27 @@ README_FIGURES = {
     "training_curves.png": ("07_reproduction.ipynb", "Accuracy study: 5 seeds per algorithm"),
     "long_cot.png": ("04_long_cot_stability.ipynb", "Shipped long-CoT study"),
 }
+#: README image -> the files its numbers come from (globs under the project root); a copy records
+#: their digest in data/figures/sources.json, and tests/test_readme.py fails when the data moved on
+README_SOURCES = {
+    "redistribution.png": ["workbench/examples.py"],
+    "token_highlight.png": ["data/results/accuracy/runs/default/gtpo-s0/samples.jsonl"],
+    "training_curves.png": [
+        "data/results/accuracy/runs/*/*/metrics.jsonl",
+        "data/results/accuracy/runs/*/*/eval.jsonl",
+    ],
+    "long_cot.png": ["data/results/long_cot/runs/*/*/metrics.jsonl", "data/results/long_cot/runs/*/*/eval.jsonl"],
+}
+
+
+def sources_digest(globs) -> str:
+    """One SHA-256 over the files of ``globs`` (their paths relative to the root, and their bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted({p for g in globs for p in ROOT.glob(g)}):
+        digest.update(f"{path.relative_to(ROOT).as_posix()}\n{_files.sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 #: what a notebook must show besides figures: (CSS selector, least count, what it is)
 EXPECTED = {
     "05_explore.ipynb": [
@@ -72,7 +96,7 @@ def _readme_copy(nb, text: str, png: Path) -> None:
         return
     for image, (source, title) in README_FIGURES.items():
         if source == nb.name and title in text:
-            blank = nb.page.context.new_page()  # decodes the PNGs; the notebook page is left alone
+            blank = nb.page.context.browser.new_page()  # decodes the PNGs; the notebook page is left alone
             try:
                 compact, error = palette_png.compact(blank, png.read_bytes())
             finally:
@@ -80,6 +104,10 @@ def _readme_copy(nb, text: str, png: Path) -> None:
             assert error < README_FIGURE_ERROR, f"{image}: the palette copy differs by {error:.2f} levels on average"
             FIGURES_DIR.mkdir(parents=True, exist_ok=True)
             (FIGURES_DIR / image).write_bytes(compact)
+            record = FIGURES_DIR / "sources.json"
+            sources = json.loads(record.read_text()) if record.exists() else {}
+            sources[image] = {"sources": README_SOURCES[image], "sha256": sources_digest(README_SOURCES[image])}
+            record.write_text(json.dumps(dict(sorted(sources.items())), indent=2) + "\n")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
