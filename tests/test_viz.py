@@ -281,6 +281,11 @@ def test_redistribution_from_sample_has_one_advantage_per_tooltip():
     assert "&lt;b&gt;" in hover and "'<b>'" not in hover
     assert hover.count("advantage") == 1 and "GTPO advantage: +0.999" in hover and "9.0" not in hover
     assert "run-a" in fig.layout.title.text and "step 7" in fig.layout.title.text
+    # BPE strings (notebook 8's SmolLM2 group) are cut to their cell; the hover keeps them whole
+    record["responses"][0]["tokens"] = [" together", " answer", " is"]
+    entropy = _panel(viz.redistribution_from_sample(record, ("gtpo",)), "entropy", None)
+    assert entropy.text[0] == [" together"[:7] + "…", " answer", " is"]  # 24 characters over 3 cells: 8 each
+    assert "together" in entropy.hovertext[0][0]
 
 
 def test_synthetic_group_is_seeded():

@@ -143,10 +143,19 @@ def _hover(group: Group, panel: Panel, i: int, t: int) -> str:
     return "<br>".join(lines)
 
 
+#: Characters of token text the entropy panel's row holds (all its cells together).
+_TOKEN_CHARS = 24
+
+
+def _fit(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: max(chars - 1, 1)] + "…"
+
+
 def _cell_text(group: Group, panel: Panel, annotate: bool) -> list[list[str]] | None:
     n, T = group.mask.shape
     if panel.kind == "entropy" and group.tokens is not None and T <= 24:
-        return [[(group.token(i, t) or "") if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
+        fits = max(1, _TOKEN_CHARS // T)  # a real model's BPE strings are cut to the cell (hover: whole)
+        return [[_fit(group.token(i, t) or "", fits) if group.mask[i, t] else "" for t in range(T)] for i in range(n)]
     if not annotate:
         return None
     fmt = "{:.2f}" if panel.kind == "entropy" else "{:+.2f}"
