@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .lora import base_model
+
 __all__ = ["Generated", "format_prompts", "generate", "accuracy", "end_token_ids", "shared_prompt_cache"]
 
 
@@ -72,12 +74,14 @@ def generate(
     it compiles the decode step for on CUDA (prompts are padded to a multiple of 32 tokens so
     that few shapes are compiled; the prompt is not shared then). ``synced_gpus``: keep running
     forward passes until every process has finished (needed when the parameters are sharded over
-    processes, as with FSDP: every forward is collective).
+    processes, as with FSDP: every forward is collective). A LoRA model (``peft``) samples
+    through the transformers model inside it, whose layers carry the adapter.
     """
     if not prompts:
         raise ValueError("prompts is empty")
     if cache not in ("dynamic", "static"):
         raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    model = base_model(model)  # a LoRA model: the transformers model inside, whose layers run the adapter
     device = next(model.parameters()).device
     enc = tokenizer(
         prompts,
