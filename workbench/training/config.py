@@ -164,6 +164,12 @@ class TrainConfig:
         "KV cache of generation: dynamic (each prompt computed once per group) or static (compiled decode on CUDA)",
         choices=("dynamic", "static"),
     )
+    drop_finished: bool = _field(
+        False,
+        "decode with the workbench's own loop, in which a finished reply leaves the decode batch (its KV cache "
+        "rows dropped): the same samples whether rows leave or stay, but not transformers generate's for the same "
+        "seed; needs generation_cache='dynamic', not with parallel='fsdp'",
+    )
     # update
     lr: float = _field(2e-4, "AdamW learning rate")
     lr_schedule: str = _field(
@@ -266,6 +272,10 @@ class TrainConfig:
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
         self.lora_targets()
+        if self.drop_finished and self.generation_cache == "static":
+            raise ValueError(
+                "drop_finished runs its own decode loop on the dynamic cache: set generation_cache='dynamic'"
+            )
 
     def lora_targets(self) -> list[str]:
         """The names of ``lora_target_modules`` as a list (checked: at least one, no empty name)."""
