@@ -264,3 +264,34 @@ def test_one_lora_step_of_smollm2(tmp_path):
     assert all("lora_" in k for k in changed)
     if row["frac_zero_std"] < 1:  # a group with right and wrong replies: the adapter's B moved
         assert any("lora_B" in k for k in changed)
+
+
+def test_an_adapter_is_not_put_on_another_base(tmp_path):
+    """The checkpoint records a fingerprint of the base weights; a run whose model source now
+    builds other weights (here the tiny model's seed changed in config.json) is refused on
+    load_checkpoint and on resume, with a message naming the cause."""
+    import json
+
+    run = train(
+        dict(
+            model="tiny",
+            model_params=SMALL,
+            steps=1,
+            prompts_per_step=2,
+            group_size=2,
+            max_new_tokens=4,
+            eval_size=2,
+            lora_rank=2,
+            output_dir=str(tmp_path / "run"),
+        ),
+        progress=False,
+    )
+    ckpt = run.latest_checkpoint()
+    assert len(json.loads((ckpt / "checkpoint.json").read_text())["lora_base"]) == 64
+    load_checkpoint(ckpt)  # the same base: fine
+    config = json.loads((run.path / "config.json").read_text())
+    (run.path / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    with pytest.raises(RuntimeError, match="LoRA adapter trained on other base weights"):
+        load_checkpoint(ckpt)
+    with pytest.raises(RuntimeError, match="LoRA adapter trained on other base weights"):
+        resume(run.path, steps=2, progress=False)

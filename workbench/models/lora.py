@@ -12,12 +12,13 @@ plain transformers model that :func:`workbench.models.save_model` writes as a no
 from __future__ import annotations
 
 import copy
+import hashlib
 import sys
 import warnings
 
 import torch
 
-__all__ = ["DEFAULT_TARGET_MODULES", "add_lora", "base_model", "is_lora", "merged_model"]
+__all__ = ["DEFAULT_TARGET_MODULES", "add_lora", "base_fingerprint", "base_model", "is_lora", "merged_model"]
 
 #: The attention and MLP projections of Llama-style decoders (Llama, Qwen2, SmolLM2, Mistral and
 #: the tiny default): every linear layer of a block; the embeddings and the LM head stay as they are.
@@ -68,3 +69,17 @@ def merged_model(model):
     if not is_lora(model):
         return model
     return copy.deepcopy(model).merge_and_unload()
+
+
+def base_fingerprint(model) -> str:
+    """A SHA-256 of a LoRA model's frozen base weights (names, shapes and about 4,096 values of
+    each, evenly spaced): what an adapter was trained on, so that it is not put on another base."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            continue
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()

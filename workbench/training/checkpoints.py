@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from .. import runs
 from .._files import atomic_write_text, sha256, temporary_name
-from ..models.lora import is_lora
+from ..models.lora import base_fingerprint, is_lora
 from ..models.pretrained import quiet_hub_bars
 from . import distributed
 
@@ -199,6 +199,8 @@ def save_training(
         model_state, optim_state = distributed.full_state(model, optimizer, tied)
     if not is_main:
         return None
+    if is_lora(unwrapped):  # the base the adapter was trained on (checked when it is read back)
+        meta = {**meta, "lora_base": base_fingerprint(unwrapped)}
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = {
         "optimizer": optim_state if fsdp else optimizer.state_dict(),
@@ -238,7 +240,7 @@ def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dic
         missing, unexpected = distributed.load_full_state(model, optimizer, weights, state["optimizer"])
         _check_fit(ckpt, missing, unexpected)
     else:
-        load_weights(unwrapped, weights, ckpt)
+        load_weights(unwrapped, weights, ckpt, meta)
     if not fsdp:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -252,12 +254,18 @@ def _check_fit(ckpt: Path, missing, unexpected) -> None:
         raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, unexpected {unexpected}")
 
 
-def load_weights(model, weights: dict, ckpt: Path) -> None:
+def load_weights(model, weights: dict, ckpt: Path, meta: dict) -> None:
     """Load a checkpoint's ``weights`` into ``model`` (not wrapped): the whole model's, or a LoRA
-    model's adapter (``peft``'s key names, as :func:`save_checkpoint` wrote them)."""
+    model's adapter (``peft``'s key names, as :func:`save_checkpoint` wrote them), after checking
+    that the model's base is the one the adapter was trained on (``meta["lora_base"]``)."""
     if not is_lora(model):
         _check_fit(ckpt, *model.load_state_dict(weights, strict=False))
         return
+    if meta.get("lora_base") not in (None, base_fingerprint(model)):
+        raise RuntimeError(
+            f"checkpoint {ckpt} holds a LoRA adapter trained on other base weights than the run's model now has "
+            "(the model source changed since): restore the base model it was trained on"
+        )
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(model))
@@ -294,5 +302,5 @@ def load_checkpoint(path):
     config = TrainConfig.from_dict({**json.loads(run_config.read_text()), "output_dir": str(path.parent.parent)})
     model, tokenizer = load_policy(config.replace(gradient_checkpointing=False))
     weights = {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
-    load_weights(model, weights, path)
+    load_weights(model, weights, path, json.loads((path / "checkpoint.json").read_text()))
     return model.eval(), tokenizer
