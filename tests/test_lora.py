@@ -295,3 +295,26 @@ def test_an_adapter_is_not_put_on_another_base(tmp_path):
         load_checkpoint(ckpt)
     with pytest.raises(RuntimeError, match="LoRA adapter trained on other base weights"):
         resume(run.path, steps=2, progress=False)
+
+
+def test_the_command_line_trains_an_adapter(tmp_path):
+    """``python -m workbench train --lora-rank 2 --lora-target-modules q_proj,v_proj`` on the tiny
+    model: the run's config holds the options and its checkpoint holds the adapter of those modules."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = ["--model", "tiny", "--model-params", json.dumps(SMALL), "--steps", "1", "--prompts-per-step", "2"]
+    args += ["--group-size", "2", "--max-new-tokens", "4", "--eval-size", "2", "--output-dir", str(out)]
+    args += ["--lora-rank", "2", "--lora-alpha", "4", "--lora-target-modules", "q_proj,v_proj"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lora_rank"], config["lora_alpha"], config["lora_target_modules"]) == (2, 4.0, "q_proj,v_proj")
+    adapter = json.loads((out / "checkpoints" / "step_000001" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (2, 4.0, ["q_proj", "v_proj"])
