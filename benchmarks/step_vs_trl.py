@@ -81,6 +81,7 @@ def our_config(a, out: str) -> dict:
         device=a.device,
         output_dir=out,
         seed=0,
+        drop_finished=a.drop_finished,
         **lora_options(a),
     )
 
@@ -238,6 +239,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lora", action="store_true", help="both trainers train the same LoRA adapter (peft)")
     p.add_argument("--lora-rank", type=int, default=16, help="the adapter's rank with --lora")
     p.add_argument("--lora-alpha", type=float, default=32.0, help="the adapter's alpha with --lora")
+    p.add_argument(
+        "--drop-finished",
+        action="store_true",
+        help="ours samples with its own decode loop, finished replies leaving the decode batch (drop_finished)",
+    )
     p.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.smoke:
@@ -259,6 +265,7 @@ def main(argv=None) -> dict:
         f"model {a.model}, task {a.task}: {a.prompts} prompts x {a.n} samples, max_new_tokens {a.max_new_tokens}, "
         f"{a.steps} steps (first not counted), device {a.device}"
         + (f", LoRA rank {a.lora_rank} alpha {a.lora_alpha}" if a.lora else ", full fine-tuning")
+        + (", ours with drop_finished" if a.drop_finished else "")
     )
     print(
         f"{'':6} {'s/step':>8} {'rollout s':>10} {'update s':>9} {'tokens':>8} {'rollout tok/s':>14} "

@@ -87,3 +87,6 @@ def test_step_vs_trl_lora_gives_both_trainers_the_same_adapter(tmp_path):
     assert (
         bench.peft_config(full) is None and TrainConfig.from_dict(bench.our_config(full, str(tmp_path))).lora_rank == 0
     )
+    assert not config.drop_finished
+    dropping = bench.parse_args(["--smoke", "--drop-finished"])
+    assert TrainConfig.from_dict(bench.our_config(dropping, str(tmp_path))).drop_finished
