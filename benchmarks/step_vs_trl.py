@@ -4,11 +4,14 @@
     python benchmarks/step_vs_trl.py                           # shipped tiny model: 32 prompts x 8, 16 tokens
     python benchmarks/step_vs_trl.py --model smollm2-135m-instruct --prompts 4 --n 4 --max-new-tokens 24
     python benchmarks/step_vs_trl.py --smoke                   # tiny, for the test suite
+    python benchmarks/step_vs_trl.py --model smollm2-135m-instruct --lora   # both with the same LoRA adapter
 
 Both start from the same weights (``--model``: ``default`` is the shipped warm start on 3-digit
 addition; a named model, ``.gguf`` file or checkpoint directory trains on ``word_arithmetic``)
 with GRPO settings: no KL, one update per rollout batch, lr 1e-4 (1e-6 for a real model),
-temperature 1, no top-k, full fine-tuning, no gradient checkpointing (TRL turns it on by default),
+temperature 1, no top-k, full fine-tuning (``--lora``: both train the same LoRA adapter through peft,
+rank ``--lora-rank`` 16, alpha ``--lora-alpha`` 32, on the workbench's default target modules, the
+attention and MLP projections; TRL takes it as ``peft_config``), no gradient checkpointing (TRL turns it on by default),
 no evaluation or checkpoints. A model with a chat template gets the same chat-formatted prompts in
 both (TRL: conversational prompts, which it wraps in the template). Each trainer runs in its own
 subprocess, so its peak memory is its own (CUDA ``max_memory_allocated``, else peak resident set).
@@ -35,11 +38,33 @@ def _model_path(model: str) -> str:
     return DEFAULT_INIT if model == "default" else model
 
 
-def ours(a, out: str) -> list[dict]:
-    from workbench.training.trainer import Trainer
+def lora_options(a) -> dict:
+    """The adapter both trainers train with ``--lora`` (empty without): rank, alpha, target modules."""
+    from workbench.models.lora import DEFAULT_TARGET_MODULES
 
-    rows = []
-    config = dict(
+    if not a.lora:
+        return {}
+    return {"lora_rank": a.lora_rank, "lora_alpha": a.lora_alpha, "lora_target_modules": list(DEFAULT_TARGET_MODULES)}
+
+
+def peft_config(a):
+    """TRL's ``peft_config`` for the same adapter as ours (``None`` without ``--lora``)."""
+    options = lora_options(a)
+    if not options:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options["lora_rank"],
+        lora_alpha=options["lora_alpha"],
+        target_modules=options["lora_target_modules"],
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+
+
+def our_config(a, out: str) -> dict:
+    return dict(
         model=a.model,
         task=a.task,
         algorithm="grpo",
@@ -56,8 +81,16 @@ def ours(a, out: str) -> list[dict]:
         device=a.device,
         output_dir=out,
         seed=0,
+        drop_finished=a.drop_finished,
+        **lora_options(a),
     )
-    trainer = Trainer(config, overwrite=True, progress=False)
+
+
+def ours(a, out: str) -> list[dict]:
+    from workbench.training.trainer import Trainer
+
+    rows = []
+    trainer = Trainer(our_config(a, out), overwrite=True, progress=False)
     for step in range(1, a.steps + 1):
         rows.append(trainer.train_step(step))
     if hasattr(trainer, "close"):  # releases the run directory's lock
@@ -141,6 +174,7 @@ def trl(a, out: str) -> list[dict]:
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Clock()],
+        peft_config=peft_config(a),
     )
     generate = trainer._generate_and_score_completions
 
@@ -186,7 +220,7 @@ def measure(name: str, argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> dict:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model",
@@ -202,13 +236,26 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=None, help="default: 1e-4 for the shipped model, 1e-6 otherwise")
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true", help="2 prompts x 2, 2 steps")
+    p.add_argument("--lora", action="store_true", help="both trainers train the same LoRA adapter (peft)")
+    p.add_argument("--lora-rank", type=int, default=16, help="the adapter's rank with --lora")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="the adapter's alpha with --lora")
+    p.add_argument(
+        "--drop-finished",
+        action="store_true",
+        help="ours samples with its own decode loop, finished replies leaving the decode batch (drop_finished)",
+    )
     p.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     if a.smoke:
         a.prompts, a.n, a.steps = 2, 2, 2
     a.task = a.task or ("addition" if a.model == "default" else "word_arithmetic")
     a.lr = a.lr if a.lr is not None else (1e-4 if a.model == "default" else 1e-6)
+    return a
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = parse_args(argv)
     if a.only:
         print(json.dumps(run_one(a)))
         return {}
@@ -217,6 +264,8 @@ def main(argv=None) -> dict:
     print(
         f"model {a.model}, task {a.task}: {a.prompts} prompts x {a.n} samples, max_new_tokens {a.max_new_tokens}, "
         f"{a.steps} steps (first not counted), device {a.device}"
+        + (f", LoRA rank {a.lora_rank} alpha {a.lora_alpha}" if a.lora else ", full fine-tuning")
+        + (", ours with drop_finished" if a.drop_finished else "")
     )
     print(
         f"{'':6} {'s/step':>8} {'rollout s':>10} {'update s':>9} {'tokens':>8} {'rollout tok/s':>14} "

@@ -64,3 +64,29 @@ def test_kernel_resources_compiles_for_an_h100():
     assert "12 kernels compiled; 0 spill registers to local memory" in out
     for kernel in ("forward", "backward(logp)", "backward(logp+entropy)", "backward(entropy)"):
         assert out.count(f"sm_90 {kernel:>22}") == 3, kernel  # float32, bfloat16, float16
+
+
+def test_step_vs_trl_lora_gives_both_trainers_the_same_adapter(tmp_path):
+    """``--lora`` parses, and our config and TRL's peft_config name the same rank, alpha and modules
+    (without it: full fine-tuning, no peft_config); the configs are built, nothing is run."""
+    import importlib.util
+
+    from workbench.models.lora import DEFAULT_TARGET_MODULES
+    from workbench.training.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("step_vs_trl", BENCH / "step_vs_trl.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a = bench.parse_args(["--smoke", "--lora", "--lora-rank", "4", "--lora-alpha", "8"])
+    config = TrainConfig.from_dict(bench.our_config(a, str(tmp_path / "ours")))
+    assert (config.lora_rank, config.lora_alpha, config.lora_targets()) == (4, 8.0, list(DEFAULT_TARGET_MODULES))
+    peft = bench.peft_config(a)
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (4, 8.0, 0.0)
+    assert set(peft.target_modules) == set(DEFAULT_TARGET_MODULES)
+    full = bench.parse_args(["--smoke"])
+    assert (
+        bench.peft_config(full) is None and TrainConfig.from_dict(bench.our_config(full, str(tmp_path))).lora_rank == 0
+    )
+    assert not config.drop_finished
+    dropping = bench.parse_args(["--smoke", "--drop-finished"])
+    assert TrainConfig.from_dict(bench.our_config(dropping, str(tmp_path))).drop_finished

@@ -232,3 +232,30 @@ def test_batch_wide_advantages_need_a_replicated_rollout():
     check_config(sharded.replace(rollout="replicated"), 2, kwargs)
     with pytest.raises(ValueError, match="rollout='replicated'"):
         check_config(TrainConfig(algorithm="grpo", advantage_kwargs={"scale": "batch"}), 2, {"scale": "batch"})
+
+
+def test_lora_ddp_two_processes_match_one(tmp_path):
+    """A LoRA run under DDP (two processes, replicated rollout) is the one-process run: metrics,
+    and the adapter in the checkpoint; with parallel='fsdp' LoRA is refused, naming the fix."""
+    from workbench.training import distributed
+
+    args = [*ARGS, "--steps", "2", "--algorithm", "gtpo", "--save-every", "2", "--rollout", "replicated"]
+    args += ["--lora-rank", "4", "--lr", "5e-3"]
+    _run(one_process(*args, "--output-dir", str(tmp_path / "one")))
+    _run(torchrun(*args, "--output-dir", str(tmp_path / "two")))
+    a = pd.read_json(tmp_path / "one" / "metrics.jsonl", lines=True)
+    b = pd.read_json(tmp_path / "two" / "metrics.jsonl", lines=True)
+    assert len(a) == len(b) == 2 and a["grad_norm"].gt(0).any()
+    for col in COMPARED:
+        pd.testing.assert_series_equal(
+            a[col], b[col], check_exact=False, check_dtype=False, rtol=1e-5, atol=1e-6, obj=col
+        )
+    wa, wb = (
+        load_file(d / "checkpoints" / "step_000002" / "adapter_model.safetensors")
+        for d in (tmp_path / "one", tmp_path / "two")
+    )
+    assert sorted(wa) == sorted(wb) and all("lora_" in k for k in wa)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-4, rtol=0, msg=key)
+    with pytest.raises(ValueError, match="LoRA trains with a model replica per process; set parallel='ddp'"):
+        distributed.check_config(TrainConfig(lora_rank=4, parallel="fsdp"), 2, {})

@@ -10,7 +10,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generated", "format_prompts", "generate", "accuracy", "end_token_ids", "shared_prompt_cache"]
+from .lora import base_model
+
+__all__ = [
+    "Generated",
+    "format_prompts",
+    "generate",
+    "accuracy",
+    "end_token_ids",
+    "shared_prompt_cache",
+    "decode_dropping_finished",
+    "sample_tokens",
+]
 
 
 @dataclass
@@ -63,6 +74,7 @@ def generate(
     synced_gpus: bool = False,
     share_prompt: bool = True,
     cache: str = "dynamic",
+    drop_finished: bool = False,
 ) -> Generated:
     """Sample ``n`` responses for each prompt (KV cache; stops at EOS; left-padded batch).
 
@@ -72,12 +84,19 @@ def generate(
     it compiles the decode step for on CUDA (prompts are padded to a multiple of 32 tokens so
     that few shapes are compiled; the prompt is not shared then). ``synced_gpus``: keep running
     forward passes until every process has finished (needed when the parameters are sharded over
-    processes, as with FSDP: every forward is collective).
+    processes, as with FSDP: every forward is collective). ``drop_finished``: our own decode loop
+    (:func:`decode_dropping_finished`: finished rows leave the batch; dynamic cache, no sync). A
+    LoRA model (``peft``) samples through the transformers model inside, whose layers hold the adapter.
     """
     if not prompts:
         raise ValueError("prompts is empty")
     if cache not in ("dynamic", "static"):
         raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    if drop_finished and (cache == "static" or synced_gpus):
+        raise ValueError(
+            "drop_finished needs cache='dynamic' and synced_gpus=False (every forward of FSDP is collective)"
+        )
+    model = base_model(model)  # a LoRA model: the transformers model inside, whose layers run the adapter
     device = next(model.parameters()).device
     enc = tokenizer(
         prompts,
@@ -102,11 +121,30 @@ def generate(
     was_training = model.training
     model.eval()
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
-        if share_prompt and n > 1 and enc["input_ids"].shape[1] > 1:
+        if drop_finished:
+            out, _ = decode_dropping_finished(
+                model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                n=n,
+                max_new_tokens=max_new_tokens,
+                ends=ends,
+                pad_token_id=tokenizer.pad_token_id,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+            )
+        elif share_prompt and n > 1 and enc["input_ids"].shape[1] > 1:
             out = model.generate(**_shared_prompt_inputs(model, enc, n), **kwargs)
         else:
             out = model.generate(**{k: v.repeat_interleave(n, 0) for k, v in enc.items()}, **kwargs)
     model.train(was_training)
+    return _generated(out, enc, n, ends, tokenizer)
+
+
+def _generated(out: torch.Tensor, enc, n: int, ends: list[int], tokenizer) -> Generated:
+    """The prompts, the replies of ``out`` (prompt + reply tokens) cut at their first end token
+    and padded after it, their masks and texts."""
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
     response = out[:, prompt_ids.shape[1] :]
@@ -199,3 +237,92 @@ def accuracy(
         )
         correct += sum(task.reward(e, t) > 0.5 for e, t in zip(chunk, out.texts))
     return correct / len(examples)
+
+
+def sample_tokens(logits: torch.Tensor, noise: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0):
+    """One token per row of ``logits [R, V]``, drawn from ``softmax(logits / temperature)`` cut to
+    its nucleus ``top_p`` (as transformers' ``TopPLogitsWarper``: the smallest-probability tokens
+    whose mass is at most ``1 - top_p`` are removed, the likeliest always kept) by the Gumbel-max
+    trick with the row's own uniform ``noise [R, V]``: ``argmax(z - log(-log u))``. A row's token
+    depends on that row's logits and noise alone, so the rows can be drawn in any grouping."""
+    z = logits.float() / temperature
+    if top_p < 1:
+        ordered, index = z.sort(-1)
+        remove = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[:, -1] = False
+        z = z.masked_fill(remove.scatter(-1, index, remove), float("-inf"))
+    return (z - (-noise.clamp_min(1e-30).log()).log()).argmax(-1)
+
+
+@torch.no_grad()
+def decode_dropping_finished(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    n: int,
+    max_new_tokens: int,
+    ends: list[int],
+    pad_token_id: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    drop_finished: bool = True,
+) -> tuple[torch.Tensor, list[int]]:
+    """``n`` replies to each left-padded prompt of ``input_ids [G, P]``: each prompt but its last
+    token computed once and its KV cache repeated to the ``n`` rows, then one token per step for
+    the rows still going. A row that has written an end token leaves the decode batch (its rows of
+    the KV cache, mask and inputs are dropped: ``drop_finished``), so a step costs the live rows only.
+
+    Sampling draws one uniform ``[G * n, V]`` tensor per step from the global torch RNG, for every
+    row, finished or not, and row ``i`` samples with its own row ``i`` (:func:`sample_tokens`):
+    the draws, and so the samples, are the same whether finished rows are dropped or kept. (They
+    are not transformers' ``generate`` samples for the same seed, which draws ``multinomial`` over
+    the batch it holds.) Greedy decoding takes the argmax. Returns ``(prompt + reply tokens
+    [G * n, P + T]`` right-padded with ``pad_token_id`` after each end token, the decode batch's
+    row count at each step)."""
+    device = input_ids.device
+    ids, mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
+    B, P = ids.shape
+    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if P > 1 and n > 1:
+        _, cache = shared_prompt_cache(model, input_ids[:, :-1], attention_mask[:, :-1], n, **keep_logits)
+        step_ids, step_pos = ids[:, -1:], positions[:, -1:]
+    else:
+        from transformers import DynamicCache
+
+        cache, step_ids, step_pos = DynamicCache(config=model.config), ids, positions
+    ends_t = torch.tensor(ends, device=device)
+    replies = torch.full((B, max_new_tokens), pad_token_id, dtype=ids.dtype, device=device)
+    live = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    batch_rows = []
+    for t in range(max_new_tokens):
+        batch_rows.append(len(live))
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_pos,
+            use_cache=True,
+            **{cache_argument(model): cache},
+            **keep_logits,
+        )
+        logits = out.logits[:, -1]
+        if do_sample:
+            noise = torch.rand(B, logits.shape[-1], device=device)  # every row's draw, live or not
+            token = sample_tokens(logits, noise[live], temperature=temperature, top_p=top_p)
+        else:
+            token = logits.argmax(-1)
+        token = torch.where(done[live], pad_token_id, token)  # kept finished rows (drop_finished off)
+        replies[live, t] = token
+        done[live] |= torch.isin(token, ends_t)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        step_ids, step_pos = token[:, None], step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        if drop_finished and bool(done[live].any()):
+            stay = (~done[live]).nonzero().squeeze(-1)
+            cache.batch_select_indices(stay)
+            live, step_ids, step_pos, mask = live[stay], step_ids[stay], step_pos[stay], mask[stay]
+    return torch.cat([ids, replies[:, : len(batch_rows)]], 1), batch_rows

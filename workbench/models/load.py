@@ -115,6 +115,11 @@ TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "me
 
 
 def _check_checkpoint_dir(path: Path) -> None:
+    if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+        raise ValueError(
+            f"model path {str(path)!r} holds a LoRA adapter, not a whole model: read a training checkpoint with "
+            "workbench.training.load_checkpoint(path), or export it merged with workbench.models.save_model"
+        )
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model path {str(path)!r} has no config.json: not a Hugging Face checkpoint")
     if not any(path.glob("*.safetensors")):
@@ -198,10 +203,15 @@ def _load_tokenizer(path: Path, kwargs: dict):
 
 
 def save_model(model, tokenizer, path) -> Path:
-    """Save model (safetensors) and tokenizer to ``path`` atomically (temporary dir, then rename)."""
+    """Save model (safetensors) and tokenizer to ``path`` atomically (temporary dir, then rename).
+    A LoRA model is saved merged (:func:`workbench.models.lora.merged_model`): a normal checkpoint
+    that :func:`load_model` reads back, with the adapted model's logits."""
     import shutil
 
     from .._files import replace_dir
+    from .lora import merged_model
+
+    model = merged_model(model)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ prompt computed once).
 The formula is :func:`workbench.entropy.token_stats`; this module runs it on a model: the fused
 chunked linear-head statistics (PyTorch or the Triton kernels of
 :mod:`workbench.models.triton_stats`), the decoder's hidden states, and the shared-prompt forward.
+A LoRA model (``peft``) is scored through the transformers model inside it, whose layers carry
+the adapter (:func:`workbench.models.lora.base_model`): the statistics of its own logits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from .. import _checks
 from ..entropy import DEFAULT_CHUNK_SIZE, _rows_per_chunk, token_stats
 from .generation import cache_argument, shared_prompt_cache
+from .lora import base_model
 
 __all__ = ["token_stats_from_hidden", "token_stats_from_model", "IMPLS"]
 
@@ -365,7 +368,7 @@ def token_stats_from_model(
         kwargs["position_ids"] = position_ids
     tokens = input_ids[:, -response_len:]
     wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    linear = _linear_head(model.module if wrapped else model) if method != "logits" else None
+    linear = _linear_head(base_model(model.module if wrapped else model)) if method != "logits" else None
     if method == "hidden" and linear is None:
         raise ValueError("method='hidden' needs a model whose logits are decoder(...) @ lm_head.weight.T")
     if linear is not None:

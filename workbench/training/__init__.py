@@ -9,9 +9,20 @@ starts), ``trackers.py`` (``report_to``: TensorBoard, trackio, wandb offline). T
 analysis and no figure.
 """
 
+from .checkpoints import load_checkpoint
 from .config import DEFAULT_INIT, TrainConfig
 from .metrics import METRIC_COLUMNS, METRICS
 from .trainer import Trainer, resume, train
 from .warmstart import warm_start
 
-__all__ = ["DEFAULT_INIT", "METRICS", "METRIC_COLUMNS", "TrainConfig", "Trainer", "resume", "train", "warm_start"]
+__all__ = [
+    "DEFAULT_INIT",
+    "load_checkpoint",
+    "METRICS",
+    "METRIC_COLUMNS",
+    "TrainConfig",
+    "Trainer",
+    "resume",
+    "train",
+    "warm_start",
+]

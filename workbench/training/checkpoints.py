@@ -4,6 +4,8 @@
 
     run_dir/checkpoints/step_000050/   model.safetensors, config.json, tokenizer files,
                                         trainer_state.pt (optimizer, scheduler, RNG), checkpoint.json
+                                        (a LoRA run: adapter_model.safetensors and adapter_config.json
+                                        instead of the model's files; load_checkpoint reads either)
     run_dir/checkpoints/latest         the name of the newest complete checkpoint
 
 A checkpoint is written into a uniquely named hidden directory, every file is fsync'ed and
@@ -31,6 +33,7 @@ from safetensors.torch import load_file
 
 from .. import runs
 from .._files import atomic_write_text, sha256, temporary_name
+from ..models.lora import base_fingerprint, is_lora
 from ..models.pretrained import quiet_hub_bars
 from . import distributed
 
@@ -41,6 +44,8 @@ __all__ = [
     "verify_checkpoint",
     "intact_checkpoints",
     "checkpoint_name",
+    "load_checkpoint",
+    "load_weights",
     "TIED_KEYS",
 ]
 
@@ -77,7 +82,11 @@ def save_checkpoint(
     final, tmp = root / name, temporary_name(root / name, ".tmpdir")
     try:
         with quiet_hub_bars():
-            model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+            if is_lora(model):  # the adapter's weights and config only (the base is the run's model source)
+                model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+                (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card
+            else:
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
         tokenizer.save_pretrained(tmp)
         with open(tmp / "trainer_state.pt", "wb") as f:  # a file object: a write error surfaces as OSError
             torch.save(trainer_state, f)
@@ -190,6 +199,8 @@ def save_training(
         model_state, optim_state = distributed.full_state(model, optimizer, tied)
     if not is_main:
         return None
+    if is_lora(unwrapped):  # the base the adapter was trained on (checked when it is read back)
+        meta = {**meta, "lora_base": base_fingerprint(unwrapped)}
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = {
         "optimizer": optim_state if fsdp else optimizer.state_dict(),
@@ -222,15 +233,74 @@ def restore_training(run_dir, *, model, optimizer, scheduler, fsdp: bool) -> dic
             raise RuntimeError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'} to resume from")
         return None
     ckpt, weights, state, meta = found
+    if is_lora(unwrapped) != (ckpt / "adapter_config.json").exists():
+        kind = "a LoRA adapter" if is_lora(unwrapped) else "the whole model"
+        raise RuntimeError(f"checkpoint {ckpt} does not fit the run: the run trains {kind}, the checkpoint does not")
     if fsdp:  # every process reads the full state and keeps its shards
         missing, unexpected = distributed.load_full_state(model, optimizer, weights, state["optimizer"])
+        _check_fit(ckpt, missing, unexpected)
     else:
-        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - TIED_KEYS:
-        raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, unexpected {unexpected}")
+        load_weights(unwrapped, weights, ckpt, meta)
     if not fsdp:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     return meta
+
+
+def _check_fit(ckpt: Path, missing, unexpected) -> None:
+    if unexpected or set(missing) - TIED_KEYS:
+        raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def load_weights(model, weights: dict, ckpt: Path, meta: dict) -> None:
+    """Load a checkpoint's ``weights`` into ``model`` (not wrapped): the whole model's, or a LoRA
+    model's adapter (``peft``'s key names, as :func:`save_checkpoint` wrote them), after checking
+    that the model's base is the one the adapter was trained on (``meta["lora_base"]``)."""
+    if not is_lora(model):
+        _check_fit(ckpt, *model.load_state_dict(weights, strict=False))
+        return
+    if meta.get("lora_base") not in (None, base_fingerprint(model)):
+        raise RuntimeError(
+            f"checkpoint {ckpt} holds a LoRA adapter trained on other base weights than the run's model now has "
+            "(the model source changed since): restore the base model it was trained on"
+        )
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    if set(weights) != expected:
+        raise RuntimeError(
+            f"checkpoint {ckpt} does not fit the model's adapter: missing {sorted(expected - set(weights))}, "
+            f"unexpected {sorted(set(weights) - expected)}"
+        )
+    set_peft_model_state_dict(model, weights)
+
+
+def load_checkpoint(path):
+    """``(model, tokenizer)`` of a training checkpoint directory (``run_dir/checkpoints/step_*``),
+    verified first: the whole model's checkpoint through :func:`workbench.models.load_model`; a
+    LoRA run's (the adapter only) as the run's base model (its ``config.json``: the model source,
+    ``lora_*``, ``seed``) with the checkpoint's adapter, a ``peft`` model that samples and scores
+    like any other and that :func:`workbench.models.save_model` writes merged."""
+    from ..models.load import load_model
+    from .config import TrainConfig
+    from .loading import load_policy
+
+    path = Path(path)
+    problem = verify_checkpoint(path)
+    if problem:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {problem}")
+    if not (path / "adapter_config.json").exists():
+        return load_model(path)
+    run_config = path.parent.parent / "config.json"
+    if not run_config.exists():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} holds a LoRA adapter; its base model is named in the run's config.json "
+            f"({run_config}), which is missing"
+        )
+    config = TrainConfig.from_dict({**json.loads(run_config.read_text()), "output_dir": str(path.parent.parent)})
+    model, tokenizer = load_policy(config.replace(gradient_checkpointing=False))
+    weights = {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
+    load_weights(model, weights, path, json.loads((path / "checkpoint.json").read_text()))
+    return model.eval(), tokenizer

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..algorithms import ALGORITHMS
 from ..losses import AGGREGATIONS, LEVELS
+from ..models.lora import DEFAULT_TARGET_MODULES
 
 __all__ = ["TrainConfig", "DEFAULT_INIT"]
 
@@ -163,6 +164,12 @@ class TrainConfig:
         "KV cache of generation: dynamic (each prompt computed once per group) or static (compiled decode on CUDA)",
         choices=("dynamic", "static"),
     )
+    drop_finished: bool = _field(
+        False,
+        "decode with the workbench's own loop, in which a finished reply leaves the decode batch (its KV cache "
+        "rows dropped): the same samples whether rows leave or stay, but not transformers generate's for the same "
+        "seed; needs generation_cache='dynamic', not with parallel='fsdp'",
+    )
     # update
     lr: float = _field(2e-4, "AdamW learning rate")
     lr_schedule: str = _field(
@@ -176,6 +183,18 @@ class TrainConfig:
     micro_batch_size: int = _field(0, "sequences per forward/backward (gradients accumulate); 0: the whole mini-batch")
     max_bad_steps: int = _field(5, "consecutive non-finite updates before the run stops")
     gradient_checkpointing: bool = _field(False, "recompute activations in the backward (less memory, same numbers)")
+    # LoRA (peft): train a low-rank adapter instead of every weight
+    lora_rank: int = _field(
+        0,
+        "rank r of a LoRA adapter trained through peft instead of the whole model (0: full fine-tuning); the "
+        "base weights stay frozen, the optimizer holds the adapter only, checkpoints hold the adapter",
+    )
+    lora_alpha: float = _field(16.0, "LoRA's alpha: the adapter's update B @ A is scaled by lora_alpha / lora_rank")
+    lora_target_modules: str | list = _field(
+        ",".join(DEFAULT_TARGET_MODULES),
+        "the modules that get an adapter, by name (a module matches when its name ends with one; comma-separated "
+        "or a list): the attention and MLP projections of Llama-style models and the tiny one",
+    )
     # logging, evaluation, checkpoints
     eval_every: int = _field(50, "steps between held-out evaluations (and at the last step)")
     eval_size: int = _field(128, "held-out problems per evaluation (at most the task's held-out split)")
@@ -252,6 +271,19 @@ class TrainConfig:
         report_to_names(self.report_to)
         if self.model_params and self.model != "tiny":
             raise ValueError("model_params applies only to model='tiny'")
+        self.lora_targets()
+        if self.drop_finished and self.generation_cache == "static":
+            raise ValueError(
+                "drop_finished runs its own decode loop on the dynamic cache: set generation_cache='dynamic'"
+            )
+
+    def lora_targets(self) -> list[str]:
+        """The names of ``lora_target_modules`` as a list (checked: at least one, no empty name)."""
+        value = self.lora_target_modules
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"lora_target_modules must name at least one module (e.g. 'q_proj,v_proj'), got {value!r}")
+        return [n.strip() for n in names]
 
     def _check_ranges(self) -> None:
         for name in _AT_LEAST_ONE:
@@ -260,6 +292,7 @@ class TrainConfig:
         for name in (
             "save_every",
             "warmup_steps",
+            "lora_rank",
             "micro_batch_size",
             "log_groups",
             "seed",
@@ -286,7 +319,7 @@ class TrainConfig:
                 f"minibatches ({self.minibatches}) exceeds the rollout batch "
                 f"({self.prompts_per_step} prompts x {self.group_size})"
             )
-        for name in ("temperature", "lr"):
+        for name in ("temperature", "lr", "lora_alpha"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 < self.top_p <= 1:

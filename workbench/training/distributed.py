@@ -57,6 +57,16 @@ def check_config(config, world: int, advantage_kwargs: dict) -> None:
                 "micro-batches per update (each process updates on its share of the groups); set "
                 "minibatches=1 and micro_batch_size=0"
             )
+    if config.drop_finished and config.parallel == "fsdp":
+        raise ValueError(
+            "drop_finished with parallel='fsdp': every forward of FSDP is collective, so generation keeps every "
+            "process stepping (synced_gpus); set drop_finished=false"
+        )
+    if config.lora_rank and config.parallel == "fsdp":
+        raise ValueError(
+            f"lora_rank={config.lora_rank} with parallel='fsdp': LoRA trains with a model replica per process; "
+            "set parallel='ddp' (the adapter is small, its base frozen)"
+        )
     sharded = config.rollout == "sharded"
     if sharded and config.prompts_per_step < world:
         raise ValueError(

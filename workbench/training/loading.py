@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from ..models.load import build_tiny_model, load_model
+from ..models.lora import add_lora
 from .config import DEFAULT_INIT, TrainConfig
 
 __all__ = ["make_accelerator", "load_policy"]
@@ -33,7 +34,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 
 def load_policy(config: TrainConfig):
     """``(model, tokenizer)`` of ``config.model``: a fresh tiny model, the shipped warm start, or a
-    local checkpoint (see :func:`workbench.models.load_model`); activation checkpointing on if asked."""
+    local checkpoint (see :func:`workbench.models.load_model`); activation checkpointing on if asked;
+    wrapped with a LoRA adapter when ``lora_rank > 0`` (:func:`workbench.models.lora.add_lora`)."""
     if config.model == "tiny":
         from ..models.tokenizer import build_char_tokenizer
 
@@ -51,4 +53,12 @@ def load_policy(config: TrainConfig):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora_rank:  # the base frozen, a LoRA adapter on the target modules (drawn from the run's seed)
+        model = add_lora(
+            model,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            target_modules=config.lora_targets(),
+            seed=config.seed,
+        )
     return model, tokenizer

@@ -29,6 +29,7 @@ class ModelRunner:
         c = self.config
         prompts = format_prompts(self.tokenizer, prompts, c.chat_template)
         kwargs = {"temperature": c.temperature, "top_p": c.top_p, "synced_gpus": self.fsdp, "cache": c.generation_cache}
+        kwargs["drop_finished"] = c.drop_finished
         return generate(
             model,
             self.tokenizer,

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .. import runs
 from ..exploration import k_values, mean_pass_at_k
 from ..losses import policy_loss, top_entropy_threshold
+from ..models.lora import is_lora
 from ..tasks import get_task
 from . import distributed, metrics, trackers
 from .checkpoints import restore_training, save_training, verify_checkpoint
@@ -107,13 +108,14 @@ class Trainer:
         if self.algorithm.overlong_shaping and self.is_main:
             check_overlong_budget(self.task, self.tokenizer, c.max_new_tokens, c.overlong_cache)
         self.ref_model = None
-        if self.algorithm.beta_kl > 0:
+        if self.algorithm.beta_kl > 0 and not is_lora(self.model):  # a LoRA model's reference: adapter off
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.fsdp:  # shard first: the optimizer holds the sharded parameters
             self.model = distributed.shard_fsdp(self.model, acc)
             if self.ref_model is not None:
                 self.ref_model = distributed.shard_fsdp(self.ref_model, acc)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # a LoRA model: the adapter's
+        self.optimizer = torch.optim.AdamW(trainable, lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, c.lr_factor)
         if not self.fsdp:
             self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
@@ -231,9 +233,17 @@ class Trainer:
             scored = Scored(logp.detach(), ent.detach(), logp=logp, entropies_grad=ent)
         else:
             scored = Scored(*self.runner.batch_stats(self.unwrapped, batch, grad=False))
-        if self.ref_model is not None:
-            scored.ref_logp = self.runner.batch_stats(self.ref_model, batch, grad=False)[0]
+        if self.algorithm.beta_kl > 0:
+            scored.ref_logp = self.reference_logp(batch)
         return scored
+
+    def reference_logp(self, batch: Batch) -> torch.Tensor:
+        """The frozen reference model's log-probs of ``batch``: the initial weights' copy, or for a
+        LoRA model, the model with its adapter switched off (the frozen base, as in TRL)."""
+        if self.ref_model is not None:
+            return self.runner.batch_stats(self.ref_model, batch, grad=False)[0]
+        with self.unwrapped.disable_adapter():
+            return self.runner.batch_stats(self.unwrapped, batch, grad=False)[0]
 
     def advantages(self, batch: Batch, scored: Scored) -> torch.Tensor:
         """``[B, T]`` advantages of the batch's groups from their rewards and entropies."""
