@@ -649,3 +649,13 @@ def test_notebook_setup_shows_wide_tables_whole():
     finally:
         for k, v in saved.items():
             pd.set_option(k, v)
+
+
+def test_pass_at_k_panels_say_what_they_show(tmp_path):
+    evals = [{"step": s, "greedy_accuracy": 0.3, "pass@1": 0.2, "pass@4": p} for s, p in ((0, 0.4), (5, 0.6))]
+    run = write_run(tmp_path, "r", metrics=_metrics([0.1, 0.2, 0.3]), evals=evals)
+    fig = viz.training_curves(run, metrics=(), evals=("pass@4",))
+    assert (
+        fig.layout.annotations[0].text == "held-out pass@4" and fig.layout.yaxis.title.text == "pass@4 (% of problems)"
+    )
+    assert list(_traces(fig, metric="eval pass@4", kind="mean")[0].y) == [0.4, 0.6]  # never smoothed

@@ -58,6 +58,15 @@ METRIC_LABELS = {
     "eval greedy_accuracy": ("held-out greedy accuracy", "accuracy (% of problems)", ".0%"),
     "eval sampled_accuracy": ("held-out sampled accuracy", "accuracy (% of problems)", ".0%"),
     "eval entropy": ("held-out entropy (sampled)", "entropy (nats per token)", None),
+    **{
+        f"eval pass@{k}": (f"held-out pass@{k}", f"pass@{k} (% of problems)", ".0%")
+        for k in (1, 2, 4, 8, 16, 32, 64, 128)
+    },
+    "entropy_coef": ("entropy bonus weight", "coefficient", None),
+    "top_entropy_kept_frac": ("forking tokens trained on", "kept (% of tokens)", ".0%"),
+    "clip_cov_frac": ("Clip-Cov detached tokens", "detached (% of tokens)", ".2%"),
+    "kl_cov_frac": ("KL-Cov penalised tokens", "penalised (% of tokens)", ".2%"),
+    "erc_kept_frac": ("ERC kept tokens", "kept (% of tokens)", ".0%"),
 }
 _KEPT_AFFECTED = ("accuracy", "reward", "entropy", "response_len_mean")
 
