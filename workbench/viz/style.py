@@ -45,6 +45,13 @@ NAMES: dict[str, str] = {
     "gtpo_per_polarity_batch": "GTPO (per polarity, batch)",
     "grpo_s": "GRPO-S",
     "grpo_s_token": "GRPO-S (token loss)",
+    "dapo_forking": "DAPO (forking tokens)",
+    "clip_cov": "Clip-Cov",
+    "kl_cov": "KL-Cov",
+    "entropy_adv": "Entropy advantage",
+    "erc": "ERC",
+    "gtpo_surprisal": "GTPO (surprisal)",
+    "grpo_s_surprisal": "GRPO-S (surprisal)",
 }
 _EXTRA = plotly.colors.qualitative.Dark24
 _OTHERS: dict[str, str] = {}
