@@ -186,3 +186,20 @@ def test_a_logged_run_group_is_drawn():
     forking = table[table["method"] == "dapo_forking"]
     assert 0.6 < (forking["status"] == "dropped").mean() < 0.9  # about 80% of the tokens
     assert all(len(t.y) == 4 for t in fig.data if t.meta["kind"] == "weight")
+
+
+def test_the_method_explorer_redraws_as_its_controls_move():
+    explorer = viz.method_explorer(_record())
+    forking = explorer.table[explorer.table["method"] == "dapo_forking"]
+    assert (forking["status"] != "dropped").sum() == 2  # rho = 0.2: the two 4.0s
+    cmax = explorer.figure.layout.coloraxis.cmax
+    explorer.top_entropy_quantile.value = 0.5
+    forking = explorer.table[explorer.table["method"] == "dapo_forking"]
+    assert (forking["status"] != "dropped").sum() == 5  # the spec's rho = 0.5
+    titles = " ".join(a.text for a in explorer.figure.layout.annotations)
+    assert "5 dropped of 10 tokens" in titles
+    assert explorer.figure.layout.coloraxis.cmax == cmax  # the colour scale stays while settings move
+    explorer.methods.value = ("gtpo", "erc")
+    assert set(explorer.table["method"]) == {"gtpo", "erc"}
+    explorer.value.value = "advantage"
+    assert {t.meta["kind"] for t in explorer.figure.data} == {"advantage", "dropped", "frozen"}

@@ -293,6 +293,7 @@ def method_credit(
     logprobs_new=None,
     entropies_new=None,
     seed: int = 0,
+    table: pd.DataFrame | None = None,
     **settings,
 ) -> go.Figure:
     """Each method's credit of every token of one group, one panel per method (methods with the same
@@ -300,16 +301,18 @@ def method_credit(
     gradient weight, or ``"advantage"``), red penalised, blue credited; dropped tokens grey, frozen
     ones framed; each panel's title counts them and says what the logged group cannot show.
 
-    Arguments as :func:`method_credit_table`, whose table holds the numbers drawn. ``max_responses``: that many
+    Arguments as :func:`method_credit_table`, whose table holds the numbers drawn (``table``: that table of
+    this group, already computed; the other arguments are then not used). ``max_responses``: that many
     responses, right and wrong ones in turn; ``ranges={"value": top}`` fixes the colour scale.
     Each trace's ``meta`` has its ``methods`` and ``kind`` (``value``, ``"dropped"``, ``"frozen"``).
     """
     if value not in VALUES:
         raise ValueError(f"value must be one of {list(VALUES)}, got {value!r}")
     group = one_group(group)
-    table = method_credit_table(
-        group, methods, logprobs_new=logprobs_new, entropies_new=entropies_new, seed=seed, **settings
-    )
+    if table is None:
+        table = method_credit_table(
+            group, methods, logprobs_new=logprobs_new, entropies_new=entropies_new, seed=seed, **settings
+        )
     if table.empty:
         raise ValueError(f"no method of {list(methods)} can be shown on this group: {table.attrs['notes']}")
     panels = _panels(table, group.mask.shape)
