@@ -41,6 +41,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -53,14 +54,27 @@ from .losses import (
     MODE_OPTIONS,
     TOP_ENTROPY_SCOPES,
     check_loss_mode_options,
+    clip_cov_tokens,
+    erc_keep,
+    kl_cov_tokens,
     policy_loss,
 )
 from .losses import top_entropy_mask as _top_entropy_mask
 
-__all__ = ["Algorithm", "ALGORITHMS", "register_algorithm", "get_algorithm"]
+__all__ = ["Algorithm", "ALGORITHMS", "TokenCredit", "register_algorithm", "get_algorithm"]
 
 #: policy_loss's defaults of the loss-mode options (verl's), read from its signature.
 _MODE_DEFAULTS = {k: p.default for k, p in inspect.signature(policy_loss).parameters.items() if k in MODE_OPTIONS}
+
+
+class TokenCredit(NamedTuple):
+    """What an algorithm does to each token of one batch (:meth:`Algorithm.token_credit`), ``[..., n, T]``."""
+
+    advantages: torch.Tensor  # float32, 0 at masked positions
+    weights: torch.Tensor  # float64: -N dL/dlogp[i,t] (N valid tokens), 0 at masked positions
+    dropped: torch.Tensor  # bool: no loss and no gradient (outside the forking mask, Clip-Cov's draw)
+    frozen: torch.Tensor  # bool: held at the behaviour policy (KL-Cov's penalised tokens, ERC's detached ones)
+    notes: tuple[str, ...]  # what the inputs cannot show (a loss mode that needs the current policy)
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,89 @@ class Algorithm:
         if self.top_entropy_quantile == 1 or self.top_entropy_scope != "mini_batch":
             return None
         return _top_entropy_mask(entropies_old, mask, self.top_entropy_quantile)
+
+    def token_credit(
+        self,
+        rewards,
+        entropies,
+        mask,
+        logp_old,
+        *,
+        entropies_new=None,
+        logp_new=None,
+        seed: int = 0,
+        norm_len: int | None = None,
+        **kwargs,
+    ) -> TokenCredit:
+        """Each token's credit in one update on a batch: :meth:`advantages` (``kwargs`` reach them),
+        and the weight of the token in the gradient of :func:`~workbench.losses.policy_loss` with
+        this algorithm's :meth:`loss_kwargs` (autograd), ``w[i,t] = -N dL/dlogp[i,t]``: the advantage
+        itself under token-mean with every token trained, 0 for a dropped or detached token.
+
+        ``rewards [..., n]``, ``entropies``/``mask``/``logp_old [..., n, T]`` (behaviour policy).
+        ``logp_new``, ``entropies_new``: the current policy's, when known; by default the behaviour
+        policy's (ratio 1), where KL-Cov's penalty is 0 and ERC clips nothing (said in ``notes``).
+        The batch statistics (forking quantile, covariances) run over all the given tokens, as over
+        one optimizer step's rows; ``seed`` seeds Clip-Cov's draw. ``dropped``: outside the forking
+        mask (:meth:`top_entropy_keep`) or drawn by :func:`~workbench.losses.clip_cov_tokens`;
+        ``frozen``: :func:`~workbench.losses.kl_cov_tokens` (``ppo_kl_coef * |logp - logp_old|``
+        holds them at the behaviour log-prob) or outside :func:`~workbench.losses.erc_keep`.
+        """
+        h, m, lp_old = (torch.as_tensor(x) for x in (entropies, mask, logp_old))
+        m = m.bool()
+        advantages = self.advantages(torch.as_tensor(rewards), h.float(), m, logp_old=lp_old.float(), **kwargs)
+        shape, T = m.shape, m.shape[-1]
+        flat = {"h": h.reshape(-1, T).double(), "m": m.reshape(-1, T), "old": lp_old.reshape(-1, T).double()}
+        flat["h_new"] = flat["h"] if entropies_new is None else torch.as_tensor(entropies_new).reshape(-1, T).double()
+        flat["new"] = flat["old"] if logp_new is None else torch.as_tensor(logp_new).reshape(-1, T).double()
+        adv = advantages.reshape(-1, T).double()
+        dropped, frozen = self._token_selection(flat, adv, seed)
+        current = flat["new"].clone().requires_grad_(True)
+        tensors = {"entropies": flat["h_new"], "entropies_old": flat["h"]}
+        tensors["top_entropy_keep"] = self.top_entropy_keep(flat["h"], flat["m"])
+        needed = {k: tensors[k] for k in self.loss_tensors}
+        loss, _ = policy_loss(
+            current,
+            flat["old"],
+            adv,
+            flat["m"],
+            **self.loss_kwargs(),
+            **needed,
+            norm_len=norm_len,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        loss.backward()
+        weights = torch.where(flat["m"], -current.grad * flat["m"].sum(), torch.zeros((), dtype=torch.float64)) + 0.0
+        notes = self._behaviour_notes(logp_new is None, entropies_new is None)
+        return TokenCredit(advantages, weights.view(shape), dropped.view(shape), frozen.view(shape), notes)
+
+    def _token_selection(self, flat: dict, adv: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dropped, frozen)`` of :meth:`token_credit`, from the selection functions of the losses."""
+        m, options = flat["m"], self.loss_kwargs()
+        keep = self.top_entropy_keep(flat["h"], m)
+        if keep is None and self.top_entropy_quantile < 1:  # micro_batch scope: the current entropies
+            keep = _top_entropy_mask(flat["h_new"], m, self.top_entropy_quantile)
+        dropped = m & ~keep if keep is not None else torch.zeros_like(m)
+        frozen = torch.zeros_like(m)
+        mode = {k: options[k] for k in LOSS_MODES[self.loss_mode].options}
+        if self.loss_mode == "clip_cov":
+            gen = torch.Generator().manual_seed(seed)  # the same draw as policy_loss's
+            eps = {"eps_low": self.eps_low, "eps_high": self.eps_high}
+            dropped |= clip_cov_tokens(flat["new"], flat["old"], adv, m, **eps, **mode, generator=gen)
+        elif self.loss_mode == "kl_cov":
+            frozen |= kl_cov_tokens(adv, flat["new"], m, kl_cov_ratio=mode["kl_cov_ratio"])
+        elif self.loss_mode == "erc":
+            frozen |= m & ~erc_keep(flat["h_new"], flat["h"], m, **mode)
+        return dropped, frozen & ~dropped
+
+    def _behaviour_notes(self, old_logp: bool, old_entropies: bool) -> tuple[str, ...]:
+        if self.loss_mode == "kl_cov" and old_logp:
+            return ("at the behaviour policy |logp - logp_old| = 0: KL-Cov's penalty is 0 here",)
+        if self.loss_mode == "erc" and old_entropies:
+            return ("at the behaviour policy the entropy ratio is 1: ERC clips nothing here",)
+        if self.loss_mode == "clip_cov" and old_logp:
+            return ("at ratio 1 PPO clips nothing: every token with lb < cov < ub is a Clip-Cov candidate",)
+        return ()
 
     def replace(self, **changes) -> Algorithm:
         return dataclasses.replace(self, **changes)

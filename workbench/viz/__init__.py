@@ -4,10 +4,11 @@ and reads run directories, samples or DataFrames, never the trainer.
 
 - :mod:`.highlight`: a group's responses as text, tokens coloured by entropy, advantage or log-prob;
 - :mod:`.redistribution`: per-token advantages of one group under each algorithm;
+- :mod:`.method_credit`: one group under every entropy method: credited, penalised, dropped, frozen tokens;
 - :mod:`.curves`: training curves, seeds aggregated into bands;
 - :mod:`.stability`: the chain task at growing lengths;
 - :mod:`.analysis`: entropy distributions, by position, forking tokens, entropy shift;
-- :mod:`.widgets`: the shaping explorer and the run launcher;
+- :mod:`.widgets`: the shaping explorer, the method explorer and the run launcher;
 - :mod:`.sources`: the inputs (runs, groups, the per-token table); :mod:`.style`: colours, names, the template.
 """
 
@@ -21,11 +22,12 @@ from .analysis import (
 )
 from .curves import aggregate_runs, training_curves
 from .highlight import TokenHighlight, token_highlight
+from .method_credit import method_credit, method_credit_table
 from .redistribution import algorithm_advantages, redistribution_figure, redistribution_from_sample, synthetic_group
-from .sources import Group, RunData, as_group, as_runs, pick_record, run_samples, token_table
+from .sources import Group, RunData, as_group, as_runs, one_group, pick_record, run_samples, token_table
 from .stability import stability_figure, stability_table
 from .style import PALETTE, algorithm_color, display_name
-from .widgets import RunLauncher, ShapingExplorer, run_launcher, shaping_explorer
+from .widgets import MethodExplorer, RunLauncher, ShapingExplorer, method_explorer, run_launcher, shaping_explorer
 
 __all__ = [
     "PALETTE",
@@ -44,6 +46,11 @@ __all__ = [
     "entropy_shift_figure",
     "forking_tokens",
     "forking_tokens_table",
+    "MethodExplorer",
+    "method_credit",
+    "method_explorer",
+    "method_credit_table",
+    "one_group",
     "redistribution_figure",
     "redistribution_from_sample",
     "run_launcher",

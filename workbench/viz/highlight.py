@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.colors
 
-from .sources import Group, as_group, as_records, pick_record
+from .sources import Group, one_group
 
 __all__ = ["VALUES", "TokenHighlight", "token_highlight", "token_markup", "value_color"]
 
@@ -197,7 +197,4 @@ def token_highlight(
     """
     if value not in VALUES:
         raise ValueError(f"value must be one of {list(VALUES)}, got {value!r}")
-    if not isinstance(source, Group) and not (isinstance(source, dict) and "responses" in source):
-        if not (isinstance(source, (list, tuple)) and source and "responses" not in source[0]):
-            source = pick_record(as_records(source))
-    return TokenHighlight(as_group(source), value, title, max_responses)
+    return TokenHighlight(one_group(source), value, title, max_responses)

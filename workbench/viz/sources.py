@@ -29,6 +29,7 @@ __all__ = [
     "Group",
     "as_group",
     "as_records",
+    "one_group",
     "run_samples",
     "pick_record",
     "gold_answer",
@@ -328,6 +329,17 @@ def _records_table(records: list[dict]) -> pd.DataFrame:
                 columns[name] += per_token[name] if name in per_token else [per_response[name]] * n
     table = pd.DataFrame(columns)
     return table.astype({"entropy": float, "logprob": float, "advantage": float, "reward": float, "correct": bool})
+
+
+def one_group(source) -> Group:
+    """One group from ``source``: a ``samples.jsonl`` record, a :class:`Group`, a list of response
+    dicts, or several groups (a list of records, a ``Run``, a run path), of which the last one with
+    both right and wrong answers (:func:`pick_record`)."""
+    if isinstance(source, Group) or (isinstance(source, dict) and "responses" in source):
+        return as_group(source)
+    if isinstance(source, (list, tuple)) and source and "responses" not in source[0]:
+        return as_group(source)
+    return as_group(pick_record(as_records(source)))
 
 
 def token_table(samples) -> pd.DataFrame:

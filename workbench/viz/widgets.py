@@ -25,6 +25,7 @@ from ..advantages import NORMALIZE, ZERO_VARIANCE
 from ..algorithms import ALGORITHMS
 from .curves import METRIC_LABELS, step_axis, training_curves
 from .highlight import token_highlight
+from .method_credit import DEFAULT_METHODS, VALUES, method_credit, method_credit_table
 from .redistribution import (
     DEFAULT_ALGORITHMS,
     algorithm_advantages,
@@ -32,13 +33,15 @@ from .redistribution import (
     redistribution_from_sample,
     synthetic_group,
 )
-from .sources import Group, as_group
+from .sources import Group, as_group, one_group
 from .style import algorithm_color, display_name, styled
 
 __all__ = [
     "FigureView",
     "ShapingExplorer",
     "shaping_explorer",
+    "MethodExplorer",
+    "method_explorer",
     "RunLauncher",
     "run_launcher",
     "figure_bundle",
@@ -214,6 +217,77 @@ def shaping_explorer(group=None, algorithms=DEFAULT_ALGORITHMS) -> ShapingExplor
     """A :class:`ShapingExplorer` on ``group`` (a ``samples.jsonl`` record or any group), or on a
     seeded synthetic group (first half correct) when ``group`` is None."""
     return ShapingExplorer(group, algorithms)
+
+
+class MethodExplorer(_StaticFallback, widgets.VBox):
+    """Every entropy method on one group (:func:`~workbench.viz.method_credit`), redrawn as the controls move.
+
+    Controls (attributes): ``methods`` (multi-select), ``value`` (gradient weight or advantage),
+    ``top_entropy_quantile`` (the forking methods' rho), ``clip_cov_ratio``, ``kl_cov_ratio``
+    (the fraction of tokens Clip-Cov drops, KL-Cov penalises), ``seed`` (Clip-Cov's draw).
+    ``table`` is the current :func:`~workbench.viz.method_credit_table`, ``figure`` the current
+    figure; the colour scale stays fixed while the settings move.
+    """
+
+    _description = "Method explorer"
+
+    def __init__(self, group, methods=DEFAULT_METHODS, *, max_responses: int | None = None):
+        self.stored, self.max_responses = one_group(group), max_responses
+        self.methods = widgets.SelectMultiple(
+            options=[(display_name(a), a) for a in ALGORITHMS], value=tuple(methods), description="methods", rows=8
+        )
+        self.value = widgets.ToggleButtons(options=[(v, k) for k, v in VALUES.items()], description="colour by")
+        wide = {"continuous_update": False, "style": {"description_width": "110px"}}
+        self.top_entropy_quantile = widgets.FloatSlider(
+            value=0.2, min=0.05, max=1.0, step=0.05, description="forking rho", **wide
+        )
+        ratio = {"min": -4, "max": -0.3, "step": 0.1, "readout_format": ".4f", **wide}
+        self.clip_cov_ratio = widgets.FloatLogSlider(value=2e-4, description="clip_cov_ratio", **ratio)
+        self.kl_cov_ratio = widgets.FloatLogSlider(value=0.002, description="kl_cov_ratio", **ratio)
+        self.seed = widgets.IntText(value=0, description="seed", layout={"width": "160px"})
+        self.view = FigureView(layout={"width": "100%"})
+        self.table = None
+        self._ranges: dict = {}
+        controls = (self.methods, self.value, self.top_entropy_quantile, self.clip_cov_ratio, self.kl_cov_ratio)
+        for control in (*controls, self.seed):
+            control.observe(lambda _: self.update(), names="value")
+        self.update()
+        sliders = widgets.VBox(
+            [self.value, self.top_entropy_quantile, self.clip_cov_ratio, self.kl_cov_ratio, self.seed]
+        )
+        super().__init__([widgets.HBox([self.methods, sliders]), self.view, widgets.HTML(LIVE_MARKER)])
+
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
+
+    def _static_figure(self) -> go.Figure:
+        return self.figure
+
+    def settings(self) -> dict:
+        """The methods' settings of the controls (routed by name, see :func:`~workbench.viz.method_credit_table`)."""
+        return {
+            "top_entropy_quantile": self.top_entropy_quantile.value,
+            "clip_cov_ratio": self.clip_cov_ratio.value,
+            "kl_cov_ratio": self.kl_cov_ratio.value,
+            "seed": self.seed.value,
+        }
+
+    def update(self) -> None:
+        """Recompute the table and draw a new figure (each colour scale fitted on its first use)."""
+        methods, value = tuple(self.methods.value), self.value.value
+        if not methods:
+            return
+        self.table = method_credit_table(self.stored, methods, **self.settings())
+        if value not in self._ranges:
+            self._ranges[value] = float(self.table[value].abs().max()) or 1.0
+        shown = {"value": value, "max_responses": self.max_responses, "ranges": self._ranges}
+        self.view.show(method_credit(self.stored, methods, table=self.table, **shown))
+
+
+def method_explorer(group, methods=DEFAULT_METHODS, *, max_responses: int | None = None) -> MethodExplorer:
+    """A :class:`MethodExplorer` on ``group`` (a ``samples.jsonl`` record, records, a run or a :class:`Group`)."""
+    return MethodExplorer(group, methods, max_responses=max_responses)
 
 
 class RunLauncher(_StaticFallback, widgets.VBox):
