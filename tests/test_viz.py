@@ -633,6 +633,11 @@ def test_every_registered_algorithm_has_its_own_name_and_colour():
     assert viz.display_name("kl_cov") == "KL-Cov"
     assert viz.display_name("dapo (adaptive bonus)") == "DAPO (adaptive bonus)"  # a method under a setting
     assert viz.display_name("my_run") == "my_run"
+    # runs grouped under display names (notebook 9's curves) keep their algorithm's colour
+    assert (
+        viz.algorithm_color("GRPO-S") == viz.PALETTE["grpo_s"]
+        and viz.algorithm_color("KL-Cov") == viz.PALETTE["kl_cov"]
+    )
 
 
 def test_notebook_setup_shows_wide_tables_whole():

@@ -60,6 +60,7 @@ NAMES: dict[str, str] = {
     "gtpo_surprisal": "GTPO (surprisal)",
     "grpo_s_surprisal": "GRPO-S (surprisal)",
 }
+_BY_DISPLAY_NAME = {shown: name for name, shown in NAMES.items()}
 _EXTRA = plotly.colors.qualitative.Dark24
 _OTHERS: dict[str, str] = {}
 CORRECT_COLOR = "#2CA02C"
@@ -67,7 +68,9 @@ WRONG_COLOR = "#D62728"
 
 
 def algorithm_color(name: str) -> str:
-    """The palette colour of ``name``; other names (runs, seeds) get an extra colour, fixed on first use."""
+    """The palette colour of ``name`` (a registry name or its display name, e.g. a named group of
+    runs ``"GRPO-S"``); other names (runs, seeds) get an extra colour, fixed on first use."""
+    name = _BY_DISPLAY_NAME.get(name, name)
     if name in PALETTE:
         return PALETTE[name]
     return _OTHERS.setdefault(name, _EXTRA[len(_OTHERS) % len(_EXTRA)])
