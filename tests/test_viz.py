@@ -569,7 +569,19 @@ def test_widgets_display_a_static_copy_of_their_figure_after_the_live_one(monkey
     import IPython.display
 
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+
+    class Handle:  # IPython's DisplayHandle: update() replaces the output it displayed
+        def __init__(self, index):
+            self.index = index
+
+        def update(self, obj, raw=False):
+            shown[self.index] = obj
+
+    def display(obj, raw=False, display_id=None):
+        shown.append(obj)
+        return Handle(len(shown) - 1) if display_id else None
+
+    monkeypatch.setattr(IPython.display, "display", display)
     explorer = viz.shaping_explorer()
     explorer._ipython_display_()
     live, static = shown
@@ -577,6 +589,13 @@ def test_widgets_display_a_static_copy_of_their_figure_after_the_live_one(monkey
     json.dumps(static, allow_nan=False)
     assert "application/vnd.jupyter.widget-view+json" in live and "children=" not in live["text/plain"]
     assert explorer.children[-1].value == viz.widgets.LIVE_MARKER and "wb-live" in viz.widgets.LIVE_MARKER
+    # the static copy follows the controls: saved after n moved to 12, it shows 12 rows, not the first 8
+    explorer.n.value = 12
+    assert len(shown) == 2 and len(shown[1]["application/vnd.plotly.v1+json"]["data"][0]["y"]) == 12
+    # a widget with no figure yet (the launcher before its first run) holds the place with a sentence
+    launcher = viz.run_launcher(lambda config, callback: None)
+    launcher._ipython_display_()
+    assert "no figure yet" in shown[-1]["text/plain"] and len(shown) == 4
 
 
 def test_run_launcher_with_a_fake_train_fn(tmp_path):

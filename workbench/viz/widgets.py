@@ -96,14 +96,26 @@ class _StaticFallback:
         bundle["text/plain"] = f"{self._description} (its controls need a live kernel)"
         return bundle
 
+    _static_handle = None
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         display(self._repr_mimebundle_(), raw=True)
+        self._static_handle = display(self._static_bundle(), raw=True, display_id=True)
+
+    def _static_bundle(self) -> dict:
         fig = self._static_figure()
-        if fig is not None and fig.data:
-            note = f"{self._description}: a static copy of its figure (hidden while the widget runs)"
-            display({**figure_bundle(fig), "text/plain": note}, raw=True)
+        if fig is None or not fig.data:
+            return {"text/plain": f"{self._description}: no figure yet (it draws one in a live kernel)"}
+        note = f"{self._description}: a static copy of its figure (hidden while the widget runs)"
+        return {**figure_bundle(fig), "text/plain": note}
+
+    def _refresh_static(self) -> None:
+        """The static copy follows the widget: redrawn (same output, by its display id) with its figure,
+        so a notebook saved after the controls moved shows their last state, not the first."""
+        if self._static_handle is not None:
+            self._static_handle.update(self._static_bundle(), raw=True)
 
 
 _SLIDER = {"continuous_update": False, "style": {"description_width": "60px"}}
@@ -211,6 +223,7 @@ class ShapingExplorer(_StaticFallback, widgets.VBox):
         self.advantages = algorithm_advantages(group, algorithms, **kwargs)
         title = "Per-token advantages" + ("" if self.stored is None else " of the stored group")
         self.view.show(redistribution_from_sample(group, algorithms, ranges=self._ranges, title=title, **kwargs))
+        self._refresh_static()
 
 
 def shaping_explorer(group=None, algorithms=DEFAULT_ALGORITHMS) -> ShapingExplorer:
@@ -283,6 +296,7 @@ class MethodExplorer(_StaticFallback, widgets.VBox):
             self._ranges[value] = float(self.table[value].abs().max()) or 1.0
         shown = {"value": value, "max_responses": self.max_responses, "ranges": self._ranges}
         self.view.show(method_credit(self.stored, methods, table=self.table, **shown))
+        self._refresh_static()
 
 
 def method_explorer(group, methods=DEFAULT_METHODS, *, max_responses: int | None = None) -> MethodExplorer:
@@ -477,6 +491,7 @@ class RunLauncher(_StaticFallback, widgets.VBox):
         except ValueError as exc:  # the selected runs log none of the metrics yet
             fig = styled(go.Figure(), title=str(exc))
         self.compare.show(fig)
+        self._refresh_static()
 
 
 def run_launcher(train_fn=None, runs_root="runs", **kwargs) -> RunLauncher:
