@@ -2,7 +2,7 @@
 # The entropy-method family side by side on the embedded default (notebook 09): GRPO, DAPO, GTPO,
 # GRPO-S, the forking-token mask, Clip-Cov, KL-Cov, the entropy advantage, ERC, GTPO/GRPO-S on
 # surprisal, and DAPO with the entropy bonus on a linear schedule and with the adaptive
-# controller; 5 seeds each. One update schedule for all: 16 prompts x 8 replies per step, 4
+# controller; 5 seeds each; and GRPO-S with the token-level loss (grpo_s_token) as a diagnostic. One update schedule for all: 16 prompts x 8 replies per step, 4
 # mini-batches per batch (4 optimizer steps per rollout, so the policy moves away from the
 # behaviour policy and the ratio-based methods, KL-Cov and ERC, act; with one mini-batch the
 # ratio is 1). Held-out greedy accuracy and pass@k (4 samples per problem) on 256 problems at
@@ -20,8 +20,13 @@ ADAPTIVE='{"entropy_target": 0.25}'
 COMMON=(--steps 40 --prompts-per-step 16 --group-size 8 --lr 1e-4 --minibatches 4 --eval-every 20
         --eval-size 256 --eval-samples 4 --log-samples-every 20 --log-groups 1)
 study() { "$PY" -m workbench study --root "$ROOT" "${COMMON[@]}" "$@"; }
-part_a() { study --algorithms "$ALGORITHMS" --seeds 0,1,2; }
-part_b() { study --algorithms "$ALGORITHMS" --seeds 3,4 && study --algorithms dapo --seeds 0,1,2,3,4 --setting "$LINEAR" --setting "$ADAPTIVE"; }
+# GRPO-S with the token-level loss (grpo_s_token): tells GRPO-S's sequence-level ratio from its advantages
+DIAGNOSTIC=grpo_s_token
+part_a() { study --algorithms "$ALGORITHMS" --seeds 0,1,2 && study --algorithms "$DIAGNOSTIC" --seeds 0,1,2; }
+part_b() {
+    study --algorithms "$ALGORITHMS" --seeds 3,4 && study --algorithms dapo --seeds 0,1,2,3,4 --setting "$LINEAR" --setting "$ADAPTIVE" &&
+        study --algorithms "$DIAGNOSTIC" --seeds 3,4
+}
 mkdir -p "$ROOT"
 if [ "${JOBS:-1}" = 2 ]; then
     part_a > "$ROOT/part_a.log" 2>&1 & a=$!
@@ -32,14 +37,14 @@ else
     part_a && part_b
 fi
 # every cell is done: these only summarise them, into one results.csv
-study --algorithms "$ALGORITHMS" --seeds 0,1,2,3,4 > /dev/null
+study --algorithms "$ALGORITHMS,$DIAGNOSTIC" --seeds 0,1,2,3,4 > /dev/null
 study --algorithms dapo --seeds 0,1,2,3,4 --setting '{}' --setting "$LINEAR" --setting "$ADAPTIVE" > /dev/null
 "$PY" - "$ROOT" "$LINEAR" "$ADAPTIVE" <<'PY'
 import json, sys
 root, linear, adaptive = sys.argv[1:]
 manifest = {
     "command": "JOBS=2 bash scripts/entropy_methods_study.sh",
-    "note": "embedded default (tiny model, addition), 40 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
+    "note": "GRPO-S with the token-level loss (grpo_s_token) as a diagnostic beside GRPO-S; embedded default (tiny model, addition), 40 steps of 16 prompts x 8, lr 1e-4, 4 mini-batches per "
             "batch, each algorithm with its registry defaults (dynamic sampling where its paper uses it); DAPO with "
             f"the entropy bonus as settings {linear} (linear schedule) and {adaptive} (adaptive controller, TRL's "
             "step and bounds; target 0.25 because the tiny model starts at about 0.35 nats and TRL's 0.2 would not "
