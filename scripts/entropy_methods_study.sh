@@ -2,11 +2,12 @@
 # The entropy-method family side by side on the embedded default (notebook 09): GRPO, DAPO, GTPO,
 # GRPO-S, the forking-token mask, Clip-Cov, KL-Cov, the entropy advantage, ERC, GTPO/GRPO-S on
 # surprisal, and DAPO with the entropy bonus on a linear schedule and with the adaptive
-# controller; 5 seeds each; and GRPO-S with the token-level loss (grpo_s_token) as a diagnostic. One update schedule for all: 16 prompts x 8 replies per step, 4
-# mini-batches per batch (4 optimizer steps per rollout, so the policy moves away from the
-# behaviour policy and the ratio-based methods, KL-Cov and ERC, act; with one mini-batch the
-# ratio is 1). Held-out greedy accuracy and pass@k (4 samples per problem) on 256 problems at
-# steps 0, 20 and 40. Results in data/results/entropy_methods/runs/<setting>/<algorithm>-s<seed>.
+# controller; 5 seeds each; and GRPO-S with the token-level loss (grpo_s_token) as a diagnostic.
+# One update schedule for all: 16 prompts x 8 replies per step, 4 mini-batches per batch (4
+# optimizer steps per rollout, so the policy moves away from the behaviour policy and the
+# ratio-based methods, KL-Cov and ERC, act; with one mini-batch the ratio is 1). Held-out
+# greedy accuracy and pass@k (4 samples per problem) on 256 problems at steps 0, 20 and 40.
+# Results in data/results/entropy_methods/runs/<setting>/<algorithm>-s<seed>.
 # Resumable: re-running skips finished cells and continues an interrupted one.
 #   bash scripts/entropy_methods_study.sh            # one process
 #   JOBS=2 bash scripts/entropy_methods_study.sh     # two processes (seed subsets), one table at the end
