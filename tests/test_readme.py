@@ -37,7 +37,6 @@ def test_the_first_screen_example_runs(tmp_path):
 def test_the_readme_figures_were_rendered_from_the_data_they_show():
     """Each README image records the digest of the files its numbers come from when the browser
     check rendered it (``WORKBENCH_README_FIGURES=1``); data changed since then means a stale image."""
-    import hashlib
     import json
 
     from workbench import _files
@@ -46,10 +45,7 @@ def test_the_readme_figures_were_rendered_from_the_data_they_show():
     shown = set(re.findall(r"\(data/figures/(\w+\.png)\)", (ROOT / "README.md").read_text(encoding="utf-8")))
     assert shown <= set(record), f"README images without a recorded source: {sorted(shown - set(record))}"
     for image, entry in record.items():
-        digest = hashlib.sha256()
-        for path in sorted({p for g in entry["sources"] for p in ROOT.glob(g)}):
-            digest.update(f"{path.relative_to(ROOT).as_posix()}\n{_files.sha256(path)}\n".encode())
-        assert digest.hexdigest() == entry["sha256"], (
+        assert _files.files_digest(ROOT, entry["sources"]) == entry["sha256"], (
             f"data/figures/{image} is older than its data ({entry['sources']}): regenerate it with "
             "WORKBENCH_README_FIGURES=1 .venv/bin/python -m pytest tests/browser/test_notebooks.py"
         )

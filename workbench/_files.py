@@ -1,5 +1,5 @@
 """Files: atomic writes and directory swaps (a reader sees the old version or the new one, never
-half of either), and a file's checksum."""
+half of either), a file's checksum and one over a set of files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-__all__ = ["temporary_name", "atomic_write_text", "replace_dir", "sha256"]
+__all__ = ["temporary_name", "atomic_write_text", "replace_dir", "sha256", "files_digest"]
 
 
 def temporary_name(path: Path, suffix: str = ".tmp") -> Path:
@@ -53,4 +53,14 @@ def sha256(path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def files_digest(root, globs) -> str:
+    """One SHA-256 over the files that ``globs`` match under ``root``: each one's path relative to
+    ``root`` and its :func:`sha256`, in path order (so a file added, removed, renamed or changed shows)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted({p for g in globs for p in root.glob(g)}):
+        digest.update(f"{path.relative_to(root).as_posix()}\n{sha256(path)}\n".encode())
     return digest.hexdigest()

@@ -13,7 +13,6 @@ checked (plotly figures are JSON rendered by JupyterLab's plotly extension, neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,14 +52,6 @@ README_SOURCES = {
     ],
     "long_cot.png": ["data/results/long_cot/runs/*/*/metrics.jsonl", "data/results/long_cot/runs/*/*/eval.jsonl"],
 }
-
-
-def sources_digest(globs) -> str:
-    """One SHA-256 over the files of ``globs`` (their paths relative to the root, and their bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted({p for g in globs for p in ROOT.glob(g)}):
-        digest.update(f"{path.relative_to(ROOT).as_posix()}\n{_files.sha256(path)}\n".encode())
-    return digest.hexdigest()
 
 
 #: what a notebook must show besides figures: (CSS selector, least count, what it is)
@@ -106,7 +97,10 @@ def _readme_copy(nb, text: str, png: Path) -> None:
             (FIGURES_DIR / image).write_bytes(compact)
             record = FIGURES_DIR / "sources.json"
             sources = json.loads(record.read_text()) if record.exists() else {}
-            sources[image] = {"sources": README_SOURCES[image], "sha256": sources_digest(README_SOURCES[image])}
+            sources[image] = {
+                "sources": README_SOURCES[image],
+                "sha256": _files.files_digest(ROOT, README_SOURCES[image]),
+            }
             record.write_text(json.dumps(dict(sorted(sources.items())), indent=2) + "\n")
 
 
