@@ -468,6 +468,9 @@ def test_forking_tokens_context_is_the_tokens_own_response(tmp_path):
     short = viz.forking_tokens_table(top.assign(context="ab⟦c⟧d"))
     wrapped = viz.forking_tokens_table(top.assign(context="x" * 150))
     assert wrapped.layout.height - short.layout.height == 3 * 22 * 3  # 3 rows, 4 lines each instead of 1
+    # a run's name with its step wraps in its narrow column too (notebook 3's second table hid 4 rows)
+    named = viz.forking_tokens_table(top.assign(context="ab⟦c⟧d", source="gtpo-s2", step=20))
+    assert named.layout.height - short.layout.height == 3 * 22 * 1  # "gtpo-s2 · step 20": 2 lines
 
 
 def test_entropy_distribution_on_shared_bins_and_position_counts():

@@ -219,13 +219,14 @@ def forking_tokens_table(samples, top: int = 20, *, context: int = 6, title: str
     else:
         df = forking_tokens(samples, top, context=context)
     source = df["source"] if "source" in df.columns else [""] * len(df)
-    cells = [
+    text = [
         [f"{e:.3f}" for e in df["entropy"]],
-        [html.escape(repr(t), quote=False) for t in df["token"]],
-        [html.escape(c, quote=False) for c in df["context"]],
+        [repr(t) for t in df["token"]],
+        list(df["context"]),
         [f"{s} · step {st}" if s else f"step {st}" for s, st in zip(source, df["step"])],
         ["✓" if c else "✗" for c in df["correct"]],
     ]
+    cells = [[html.escape(v, quote=False) for v in column] for column in text]
     fig = go.Figure(
         go.Table(
             columnwidth=[1, 1, 5, 2, 0.8],
@@ -237,13 +238,15 @@ def forking_tokens_table(samples, top: int = 20, *, context: int = 6, title: str
             cells={"values": cells, "align": "left", "font": {"size": 13, "family": "monospace"}, "height": 26},
         )
     )
-    # a row whose context wraps is taller: size the figure to the wrapped rows, so none is hidden
-    lines = [max(1, math.ceil(len(c) / _CONTEXT_CHARS)) for c in df["context"]]
+    # a row is as tall as its most wrapped cell (a long context, a run's name with its step): size the
+    # figure to the wrapped rows, so none is hidden
+    lines = [max(math.ceil(len(v) / chars) or 1 for v, chars in zip(row, _COLUMN_CHARS)) for row in zip(*text)]
     return styled(fig, title=title or f"Top {len(df)} forking tokens", height=170 + sum(8 + 22 * n for n in lines))
 
 
-#: Characters of the context column per line before it wraps (monospace 13 px in its share of the width).
-_CONTEXT_CHARS = 48
+#: Characters each column holds per line before it wraps (monospace 13 px in its share of a
+#: notebook-wide table: column widths 1, 1, 5, 2, 0.8, less the cell padding).
+_COLUMN_CHARS = (6, 6, 42, 15, 4)
 
 
 def split_first_last(samples) -> tuple[pd.DataFrame, pd.DataFrame]:
